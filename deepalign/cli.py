@@ -1,0 +1,111 @@
+"""The `deepalign` command line.
+
+    deepalign policy info  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...]
+    deepalign policy demo  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...] [--prompt TEXT] ...
+
+A first argument ending in .yaml/.yml is a recipe; anything else is `policy.name`. Errors in
+the user's input (recipe keys, paths, checkpoint files) print one line and exit with status 2;
+set DEEPALIGN_DEBUG=1 to see the traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from deepalign.recipe import RecipeError, load_recipe, recipe_from_dict
+
+
+def _policy_recipe(target: str, overrides: list[str]):
+    from policy.config import PolicyDemoRecipe
+
+    if target.endswith((".yaml", ".yml")):
+        return load_recipe(target, PolicyDemoRecipe, overrides)
+    return recipe_from_dict(PolicyDemoRecipe, {"policy": {"name": target}}, "<command line>", overrides)
+
+
+def cmd_policy_info(args: argparse.Namespace) -> None:
+    from policy.info import human, policy_figures
+    from policy.load import policy_config
+
+    recipe = _policy_recipe(args.target, args.overrides)
+    figures = policy_figures(policy_config(recipe.policy.name))
+    print(f"name: {recipe.policy.name}")
+    for key, value in figures.items():
+        suffix = f"  ({human(value)})" if key.endswith("_params") else ""
+        print(f"{key}: {value}{suffix}")
+
+
+def cmd_policy_demo(args: argparse.Namespace) -> None:
+    from policy.generate import generate
+    from policy.load import load_policy
+
+    overrides = list(args.overrides)
+    for flag, key in (("prompt", "prompt"), ("max_new_tokens", "max_new_tokens"),
+                      ("temperature", "temperature"), ("seed", "seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"demo.{key}={value!r}" if isinstance(value, str) else f"demo.{key}={value}")
+    if args.naive:
+        overrides.append("demo.absorbed=false")
+    recipe = _policy_recipe(args.target, overrides)
+    p, d = recipe.policy, recipe.demo
+    model, tokenizer = load_policy(p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
+    out = generate(model, tokenizer, [d.prompt], d.max_new_tokens, d.temperature, d.top_k, d.top_p, d.seed,
+                   absorbed=d.absorbed)
+    print(f"prompt: {d.prompt}")
+    print(f"completion: {out.texts[0]}")
+    print(f"engine: {out.engine}")
+    print(f"new_tokens: {out.new_tokens}")
+    print(f"tokens_per_second: {out.tokens_per_second:.1f}")
+    print(f"kv_cache_bytes: {out.kv_cache_bytes}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepalign",
+        description="Align DeepSeek-V2-style MoE + MLA models: SFT, then two-stage critic-free GRPO.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    policy = commands.add_parser("policy", help="inspect and try a policy model")
+    policy_cmds = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+
+    info = policy_cmds.add_parser("info", help="parameter counts and KV-cache size of a policy",
+                                  description="Print total/activated parameters and KV-cache elements "
+                                              "per token, one 'name: value' per line.")
+    info.add_argument("target", metavar="PRESET_OR_PATH_OR_RECIPE")
+    info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+    info.set_defaults(func=cmd_policy_info)
+
+    demo = policy_cmds.add_parser("demo", help="generate text with a policy (absorbed-MLA decode)",
+                                  description="Load a policy, generate a reply and print tokens/s "
+                                              "and KV-cache bytes.")
+    demo.add_argument("target", metavar="PRESET_OR_PATH_OR_RECIPE")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+    demo.add_argument("--prompt")
+    demo.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
+    demo.add_argument("--temperature", type=float)
+    demo.add_argument("--seed", type=int)
+    demo.add_argument("--naive", action="store_true", help="decode with the expanded (naive) MLA cache")
+    demo.set_defaults(func=cmd_policy_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from policy.smollm2 import PolicyLoadError
+
+    try:
+        args.func(args)
+    except (RecipeError, PolicyLoadError) as exc:
+        if os.environ.get("DEEPALIGN_DEBUG"):
+            raise
+        print(f"deepalign: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Loading a policy by preset name or checkpoint directory.
+
+`load_policy(name_or_path)` returns (model, tokenizer):
+- `tiny`: built from policy/presets.py with a fixed seed and the byte-level chat tokenizer;
+- `smollm2-135m-instruct`: the converted GGUF (policy/smollm2.py);
+- a directory with config.json: DeepSeek-V2 checkpoints load as our `DeepseekV2Policy` (same
+  files as transformers' class), any other causal LM through `AutoModelForCausalLM`.
+`deepseek-v2` / `deepseek-v2-lite` have no weights here: `policy_config` gives their config
+for counting on the meta device; loading them asks for a checkpoint directory instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DeepseekV2Config
+
+from policy.model import DeepseekV2Policy, moe_options_from_config
+from policy.moe import MoEOptions
+from policy.presets import DEEPSEEK_PRESETS, PRESETS, SMOLLM2, WEIGHTLESS_PRESETS
+from policy.smollm2 import PolicyLoadError, smollm2_dir
+from policy.tokenizer import byte_chat_tokenizer
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+def _checkpoint_dir(path: str) -> Path:
+    folder = Path(path)
+    if not folder.exists():
+        raise PolicyLoadError(f"{path}: no such preset or directory (presets: {', '.join(PRESETS)})")
+    if not (folder / "config.json").exists():
+        raise PolicyLoadError(f"{path}: not a checkpoint directory (no config.json)")
+    return folder
+
+
+def validate_deepseek_config(config, where: str) -> None:
+    """Reject shapes our MoE cannot route (checked before any weights are read)."""
+    if getattr(config, "model_type", None) != "deepseek_v2":
+        return
+    n_group = config.n_group or 1
+    if config.n_routed_experts % n_group:
+        raise PolicyLoadError(
+            f"{where}: n_routed_experts={config.n_routed_experts} is not divisible by n_group={n_group}"
+        )
+    if config.topk_method == "group_limited_greedy" and (config.topk_group or 1) > n_group:
+        raise PolicyLoadError(f"{where}: topk_group={config.topk_group} exceeds n_group={n_group}")
+
+
+def policy_config(name_or_path: str):
+    """The transformers config of a preset or checkpoint, without loading weights."""
+    if name_or_path in DEEPSEEK_PRESETS:
+        return DeepseekV2Config(**DEEPSEEK_PRESETS[name_or_path]["config"])
+    folder = smollm2_dir() if name_or_path == SMOLLM2 else _checkpoint_dir(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        raise PolicyLoadError(f"{folder / 'config.json'}: {exc}") from exc
+    validate_deepseek_config(config, str(folder / "config.json"))
+    return config
+
+
+def preset_moe_options(name_or_path: str, config) -> MoEOptions:
+    if name_or_path in DEEPSEEK_PRESETS:
+        return DEEPSEEK_PRESETS[name_or_path]["moe"]
+    return moe_options_from_config(config)
+
+
+def load_policy(
+    name_or_path: str,
+    moe_overrides: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+):
+    """(model, tokenizer) for a preset or checkpoint directory; the model is in eval mode."""
+    if name_or_path in WEIGHTLESS_PRESETS:
+        raise PolicyLoadError(
+            f"{name_or_path}: this preset has no weights here; pass a checkpoint directory of the "
+            "released model, or use `deepalign policy info` for its figures"
+        )
+    if name_or_path == "tiny":
+        config = policy_config("tiny")
+        options = replace(preset_moe_options("tiny", config), **(moe_overrides or {}))
+        torch.manual_seed(seed)
+        model = DeepseekV2Policy(config, options)
+        tokenizer = byte_chat_tokenizer()
+    else:
+        folder = smollm2_dir() if name_or_path == SMOLLM2 else _checkpoint_dir(name_or_path)
+        config = policy_config(str(folder))
+        if not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
+            raise PolicyLoadError(f"{folder}: checkpoint directory has no weights (*.safetensors or *.bin)")
+        try:
+            if config.model_type == "deepseek_v2":
+                options = replace(moe_options_from_config(config), **(moe_overrides or {}))
+                model = DeepseekV2Policy.from_pretrained(folder, moe_options=options, dtype=dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            raise PolicyLoadError(f"{folder}: {exc}") from exc
+    model = model.to(dtype)
+    model.eval()
+    return model, tokenizer
