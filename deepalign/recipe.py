@@ -11,6 +11,7 @@ Literal[...], and nested dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -25,13 +26,28 @@ class RecipeError(ValueError):
     """A recipe could not be loaded; the message is one line naming the file and key."""
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `5e-6` as a string; recipes are full of learning rates, so read it as a float."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'policy.moe.token_dropping=false' -> (['policy', 'moe', 'token_dropping'], False)."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise RecipeError(f"override {text!r}: expected dotted.key=value")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = _load_yaml(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -138,7 +154,7 @@ def load_recipe(path: str | Path, schema: type[T], overrides: list[str] = ()) ->
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""

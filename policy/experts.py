@@ -8,7 +8,7 @@ The weights are transformers' `DeepseekV2Experts` tensors, unchanged:
 gate_up_proj (E, 2I, H) and down_proj (E, H, I).
 
 PyTorch's CPU autograd for grouped_mm fails on some shapes (empty expert groups), so the
-backward is written out here with the same grouped_mm: dX = dY W^T, dW_e = X_e^T dY_e.
+backward is written out here with the same grouped_mm: dX = dY W, dW_e = dY_e^T X_e.
 """
 
 from __future__ import annotations
@@ -20,24 +20,28 @@ import torch.nn.functional as F
 
 
 class _GroupedLinear(torch.autograd.Function):
-    """y[rows of e] = x[rows of e] @ w[e] for contiguous row blocks ending at offs."""
+    """y[rows of e] = x[rows of e] @ w[e]^T for contiguous row blocks ending at offs.
+
+    w keeps nn.Linear's (out, in) layout per expert, and so does its gradient: returning the
+    gradient of a transposed view would make autograd copy the whole expert tensor back.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w, offs)
-        return F.grouped_mm(x, w, offs=offs)
+        return F.grouped_mm(x, w.transpose(1, 2), offs=offs)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, w, offs = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        grad_x = F.grouped_mm(grad_out, w.transpose(1, 2), offs=offs) if ctx.needs_input_grad[0] else None
-        grad_w = F.grouped_mm(x.t(), grad_out, offs=offs) if ctx.needs_input_grad[1] else None
+        grad_x = F.grouped_mm(grad_out, w, offs=offs) if ctx.needs_input_grad[0] else None
+        grad_w = F.grouped_mm(grad_out.t(), x, offs=offs) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None
 
 
 def grouped_linear(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-    """x (M, in) rows sorted by group, w (G, in, out), offs (G,) int32 cumulative row counts."""
+    """x (M, in) rows sorted by group, w (G, out, in), offs (G,) int32 cumulative row counts."""
     return _GroupedLinear.apply(x, w, offs)
 
 
@@ -68,9 +72,9 @@ def grouped_experts_forward(
     token = token[order]
     offs = torch.cumsum(torch.bincount(expert, minlength=num_experts), 0).to(torch.int32)
 
-    h = grouped_linear(x[token], gate_up_proj.transpose(1, 2), offs)
+    h = grouped_linear(x[token], gate_up_proj, offs)
     gate, up = h.chunk(2, dim=-1)
-    y = grouped_linear(act_fn(gate) * up, down_proj.transpose(1, 2), offs)
+    y = grouped_linear(act_fn(gate) * up, down_proj, offs)
     y = y * gate_weight[order].unsqueeze(1).to(y.dtype)
     return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
 

@@ -1,0 +1,103 @@
+"""Recipe loading: typed dataclasses, dotted overrides, one-line errors that name the key."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from deepalign.recipe import RecipeError, load_recipe, parse_override, recipe_from_dict
+from policy.config import PolicyDemoRecipe
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+    steps: int = 3
+    mode: Literal["a", "b"] = "a"
+
+
+@dataclass
+class Outer:
+    name: str
+    inner: Inner = field(default_factory=Inner)
+    tags: list[str] = field(default_factory=list)
+    limit: int | None = None
+
+
+def test_valid_recipe_with_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ninner:\n  rate: 1\n  mode: b\ntags: [p, q]\n")
+    recipe = load_recipe(path, Outer, ["inner.steps=7", "limit=null", "tags=[z]"])
+    assert recipe == Outer(name="x", inner=Inner(rate=1.0, steps=7, mode="b"), tags=["z"], limit=None)
+    assert isinstance(recipe.inner.rate, float)
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("name: x\ninner:\n  rte: 1\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, Outer)
+    msg = str(err.value)
+    assert msg == f"{path}: unknown key 'inner.rte'; valid keys: inner.rate, inner.steps, inner.mode"
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"name": 3}, "key 'name' expects a string, got int (3)"),
+        ({"name": "x", "inner": {"steps": 1.5}}, "key 'inner.steps' expects an integer, got float (1.5)"),
+        ({"name": "x", "inner": {"steps": True}}, "key 'inner.steps' expects an integer, got bool (True)"),
+        ({"name": "x", "inner": {"mode": "c"}}, "key 'inner.mode' must be one of ['a', 'b'], got 'c'"),
+        ({"name": "x", "inner": 5}, "key 'inner' is a section, got int (5)"),
+        ({"name": "x", "tags": "p"}, "key 'tags' expects a list, got str ('p')"),
+        ({"name": "x", "limit": "many"}, "key 'limit' expects int | None, got str ('many')"),
+        ({}, "missing required key 'name'"),
+    ],
+)
+def test_type_errors_name_the_key(data, message):
+    with pytest.raises(RecipeError, match=None) as err:
+        recipe_from_dict(Outer, data, "r.yaml")
+    assert str(err.value) == f"r.yaml: {message}"
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(RecipeError, match="nope.yaml: recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml", Outer)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ninner: [1, 2\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml: invalid YAML at line \d"):
+        load_recipe(bad, Outer)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n")
+    with pytest.raises(RecipeError, match="a recipe is a mapping"):
+        load_recipe(listy, Outer)
+
+
+def test_override_parsing():
+    assert parse_override("a.b.c=1e-3") == (["a", "b", "c"], 1e-3)
+    assert parse_override("lr=5e-6") == (["lr"], 5e-6)
+    assert parse_override("x=true") == (["x"], True)
+    assert parse_override("x=hello world") == (["x"], "hello world")
+    with pytest.raises(RecipeError, match="expected dotted.key=value"):
+        parse_override("novalue")
+    with pytest.raises(RecipeError, match="'name' is not a section"):
+        recipe_from_dict(Outer, {"name": "x"}, "r", ["name.sub=1"])
+
+
+def test_policy_recipe_moe_overrides_and_option_validation():
+    recipe = recipe_from_dict(PolicyDemoRecipe, {}, "r", ["policy.moe.token_dropping=false"])
+    assert recipe.policy.moe.to_dict() == {"token_dropping": False}
+    with pytest.raises(RecipeError, match="key 'policy.moe.capacity_factor' expects float | None"):
+        recipe_from_dict(PolicyDemoRecipe, {}, "r", ["policy.moe.capacity_factor=lots"])
+    with pytest.raises(RecipeError, match="key 'policy.dtype' must be one of"):
+        recipe_from_dict(PolicyDemoRecipe, {}, "r", ["policy.dtype=fp8"])
+
+
+def test_shipped_recipes_validate():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).resolve().parents[1].glob("recipes/**/policy*.yaml"))
+    assert recipes
+    for path in recipes:
+        load_recipe(path, PolicyDemoRecipe)
