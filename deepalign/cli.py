@@ -2,6 +2,7 @@
 
     deepalign policy info  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...]
     deepalign policy demo  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...] [--prompt TEXT] ...
+    deepalign sft          RECIPE.yaml [dotted.key=value ...]
 
 A first argument ending in .yaml/.yml is a recipe; anything else is `policy.name`. Errors in
 the user's input (recipe keys, paths, checkpoint files) print one line and exit with status 2;
@@ -62,6 +63,15 @@ def cmd_policy_demo(args: argparse.Namespace) -> None:
     print(f"kv_cache_bytes: {out.kv_cache_bytes}")
 
 
+def cmd_sft(args: argparse.Namespace) -> None:
+    from sft.config import SFTRecipe
+
+    recipe = load_recipe(args.recipe, SFTRecipe, args.overrides)  # validated before anything heavy
+    from sft.trainer import train
+
+    train(recipe)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepalign",
@@ -90,16 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int)
     demo.add_argument("--naive", action="store_true", help="decode with the expanded (naive) MLA cache")
     demo.set_defaults(func=cmd_policy_demo)
+
+    sft = commands.add_parser("sft", help="supervised fine-tuning on a chat mixture",
+                              description="Fine-tune a policy with assistant-only loss. Run under torchrun for "
+                                          "FSDP2 (gloo on CPU, NCCL on GPU). Resumes from the latest checkpoint "
+                                          "in train.output_dir.")
+    sft.add_argument("recipe", metavar="RECIPE.yaml")
+    sft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+    sft.set_defaults(func=cmd_sft)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from data_tools.chat import TemplateError
+    from data_tools.schema import BadRowError
     from policy.smollm2 import PolicyLoadError
+    from sft.data import DataError
 
     try:
         args.func(args)
-    except (RecipeError, PolicyLoadError) as exc:
+    except (RecipeError, PolicyLoadError, DataError, TemplateError, BadRowError) as exc:
         if os.environ.get("DEEPALIGN_DEBUG"):
             raise
         print(f"deepalign: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ from transformers import DeepseekV2ForCausalLM
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe
 
-from policy.moe import DeepSeekMoE, MoEOptions, RoutingContext
+from policy.moe import DeepSeekMoE, MoEAux, MoEOptions, RoutingContext
 from policy.routing import RouterStats
 
 MOE_OPTIONS_KEY = "deepalign_moe"
@@ -125,9 +125,12 @@ class DeepseekV2Policy(DeepseekV2ForCausalLM):
             moe.context = ctx
         out = super().forward(input_ids, attention_mask, *args, **kwargs)
         totals: dict[str, torch.Tensor] = {}
+        stats = []
         for moe in layers:
             for name, value in moe.aux.balance_losses.items():
                 totals[name] = totals[name] + value if name in totals else value
+            stats.append(moe.aux.stats)
+            moe.aux = MoEAux()  # the losses now live in the output; keep no graph on the module
         aux = sum(totals.values()) if totals else None
         return PolicyOutput(
             loss=out.loss,
@@ -138,7 +141,7 @@ class DeepseekV2Policy(DeepseekV2ForCausalLM):
             attentions=out.attentions,
             router_logits=out.router_logits,
             balance_losses=totals or None,
-            router_stats=[moe.aux.stats for moe in layers],
+            router_stats=stats,
         )
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -1,0 +1,1 @@
+"""data_tools: from raw chat sources to training shards (schema, readers, mixing, packing)."""

@@ -1,0 +1,189 @@
+"""The SFT loop: load → (LoRA, checkpointing, FSDP2) → for each step: micro-batches, token-normalised
+loss + MoE balance losses, clip, step → log → checkpoint. Reads top to bottom.
+
+Departures from DeepSeek-V2's SFT (V2 §4): none in the objective (next-token loss on assistant
+tokens). The paper does not say how its loss is normalised; we use per-token normalisation over
+the whole optimiser step (sft/loss.py), which makes results independent of micro-batching and of
+the number of data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policy.load import load_policy
+from policy.model import DeepseekV2Policy
+from sft.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
+from sft.config import SFTRecipe
+from sft.data import BatchOrder, SFTBatch, collate, load_rows, rank_micro_batches
+from sft.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed, shutdown
+from sft.loss import count_targets, normalized_loss, target_token_loss_sum
+from sft.schedule import lr_multiplier
+from sft.tracking import Tracker
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(recipe: SFTRecipe, info: DistInfo):
+    """The policy in training mode, with LoRA / gradient checkpointing / FSDP2 applied after it is built."""
+    p = recipe.policy
+    model, tokenizer = load_policy(p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
+    model.to(info.device)
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if recipe.lora.enabled:
+        if info.enabled:
+            raise ValueError("lora.enabled with several processes is not supported yet; run LoRA on one process")
+        from peft import LoraConfig, get_peft_model
+
+        # Full names of nn.Linear modules only: the routed experts' 3-D tensors share the names
+        # gate/up/down_proj but are parameters, which peft would otherwise wrap too.
+        wanted = set(recipe.lora.target_modules)
+        mlp_names = wanted & {"gate_proj", "up_proj", "down_proj"}
+        if model.config.model_type == "deepseek_v2" and mlp_names:
+            raise ValueError(f"lora.target_modules: {sorted(mlp_names)} on a DeepSeek-V2 policy would put LoRA on "
+                             "the routed experts' fused tensors, which is not supported; target attention projections")
+        targets = [name for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in wanted]
+        if not targets:
+            raise ValueError(f"lora.target_modules: none of {recipe.lora.target_modules} is in the model")
+        # A regex of full names, not a list: peft shortens long lists to name suffixes.
+        pattern = "|".join(re.escape(t) for t in targets)
+        config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                            target_modules=pattern, task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)
+        if recipe.train.gradient_checkpointing:
+            model.enable_input_require_grads()
+    if info.enabled:
+        model = apply_fsdp(model)
+    model.train()
+    return model, tokenizer
+
+
+def _forward(model, batch: SFTBatch, info: DistInfo):
+    kwargs = {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if isinstance(base, DeepseekV2Policy):
+        kwargs["sequence_ids"] = batch.sequence_ids.to(info.device)
+    return model(input_ids=batch.input_ids.to(info.device), position_ids=batch.position_ids.to(info.device),
+                 use_cache=False, **kwargs)
+
+
+def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFTRecipe, info: DistInfo) -> dict:
+    """One optimiser step over one global batch; returns metrics (identical on every rank)."""
+    cfg = recipe.train
+    micro = rank_micro_batches(order.next_batch(), info.rank, info.world_size, cfg.micro_batch_size)
+    batches = [collate(rows[m]) for m in micro]
+    step_targets = int(all_reduce_sum(sum(count_targets(b.loss_mask) for b in batches), info))
+    loss_sum, balance, tokens = 0.0, {}, 0
+    stats = []
+    for batch in batches:
+        out = _forward(model, batch, info)
+        token_loss = target_token_loss_sum(out.logits, batch.input_ids.to(info.device), batch.loss_mask.to(info.device))
+        loss = normalized_loss(token_loss, step_targets, info.world_size)
+        aux = getattr(out, "aux_loss", None)
+        if aux is not None and cfg.balance_loss:
+            loss = loss + aux / len(batches)
+            for name, value in out.balance_losses.items():
+                balance[name] = balance.get(name, 0.0) + value.item() / len(batches)
+        loss.backward()
+        loss_sum += token_loss.item()
+        tokens += batch.num_tokens
+        stats.extend(getattr(out, "router_stats", None) or [])
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    skipped = not math.isfinite(grad_norm)
+    if not skipped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+
+    metrics = {
+        "train/loss": all_reduce_sum(loss_sum, info) / max(step_targets, 1),
+        "train/lr": lr,
+        "train/grad_norm": grad_norm,
+        "train/skipped_step": float(skipped),
+        "train/tokens": all_reduce_sum(tokens, info),
+        "train/target_tokens": step_targets,
+        "train/epoch": order.epoch,
+    }
+    for name, value in balance.items():
+        metrics[f"moe/{name}_balance_loss"] = all_reduce_sum(value, info) / info.world_size
+    if stats:
+        metrics["moe/load_imbalance"] = sum(s.imbalance for s in stats) / len(stats)
+        metrics["moe/drop_rate"] = sum(s.drop_rate for s in stats) / len(stats)
+        metrics["_expert_load"] = torch.stack([s.expert_load for s in stats]).mean(0)
+    return metrics
+
+
+def train(recipe: SFTRecipe) -> Path:
+    """Run SFT; returns the directory of the final Hugging Face checkpoint."""
+    info = init_distributed()
+    cfg = recipe.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    model, tokenizer = build_model(recipe, info)
+    rows = load_rows(recipe.data, tokenizer)
+
+    global_batch = cfg.micro_batch_size * cfg.grad_accum * info.world_size
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
+    order = BatchOrder(len(rows), recipe.data.seed, global_batch)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
+        s, total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio, cfg.step_milestones, cfg.step_gamma))
+
+    step = 0
+    checkpoints = list_checkpoints(output_dir) if cfg.resume else []
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, info)
+        step = state["step"]
+        order.load_state_dict(state["data"])
+        if info.is_main:
+            print(f"resumed from {checkpoints[-1]} at step {step}")
+
+    tracker = Tracker(output_dir / "tensorboard", total_steps, "sft", enabled=info.is_main,
+                      tensorboard=recipe.log.tensorboard, wandb_project=recipe.log.wandb_project,
+                      progress=recipe.log.progress, config=asdict(recipe))
+    tracker.advance(step)
+    try:
+        while step < total_steps:
+            start = time.perf_counter()
+            metrics = train_step(model, rows, order, optimizer, scheduler, recipe, info)
+            step += 1
+            metrics["train/tokens_per_second"] = metrics["train/tokens"] / (time.perf_counter() - start)
+            expert_load = metrics.pop("_expert_load", None)
+            if step % recipe.log.every == 0 or step == total_steps:
+                tracker.log(step, metrics)
+                if expert_load is not None:
+                    tracker.histogram(step, "moe/expert_load", expert_load)
+            tracker.advance(step, f"loss {metrics['train/loss']:.3f}")
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                save_checkpoint(output_dir, step, model, tokenizer, optimizer, scheduler, order.state_dict(), info,
+                                keep=cfg.keep_checkpoints)
+        final = save_final(output_dir, model, tokenizer, info) if cfg.save_final else output_dir
+    finally:
+        tracker.close()
+    if info.is_main:
+        print(f"final loss {metrics['train/loss']:.4f} after {step} steps; model saved to {final}"
+              if step and "metrics" in locals() else f"nothing to do: already at step {step}; {final}")
+    shutdown(info)
+    return final
