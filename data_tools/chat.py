@@ -10,6 +10,8 @@ incrementally (each prefix's text is a prefix of the whole), which is checked.
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class TemplateError(ValueError):
     """The tokenizer cannot render chats the way SFT needs."""
@@ -37,13 +39,20 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 
 
 def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
-    """Token ids of the whole chat and the assistant-only loss mask (True = counts in the loss)."""
+    """Token ids of the whole chat and the assistant-only loss mask (True = counts in the loss).
+
+    A token is a target when its first character lies inside an assistant span.
+    """
     text, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = []
-    span_idx = 0
-    for start, _ in enc["offset_mapping"]:
-        while span_idx < len(spans) and start >= spans[span_idx][1]:
-            span_idx += 1
-        mask.append(span_idx < len(spans) and spans[span_idx][0] <= start)
-    return enc["input_ids"], mask
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None:  # a fast tokenizer: call the Rust encoder directly (no Python per token)
+        enc = backend.encode(text, add_special_tokens=False)
+        ids, offsets = enc.ids, enc.offsets
+    else:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
+    mask = np.zeros(len(ids), dtype=bool)
+    for begin, end in spans:
+        mask |= (starts >= begin) & (starts < end)
+    return list(ids), mask.tolist()

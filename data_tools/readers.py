@@ -85,7 +85,11 @@ def read_records(
     counts: Counter | None = None,
     default_source: str = "",
 ) -> Iterator[tuple[int, T | None]]:
-    """(row number, record) per row; a bad row raises, or yields None and is counted when skipping."""
+    """(row number, record) per row; a bad row raises, or yields None and is counted when skipping.
+
+    Rows without a `source` take `default_source`, or the file's name.
+    """
+    default_source = default_source or Path(path).stem
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     for n, row in iter_rows(path):

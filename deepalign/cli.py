@@ -3,6 +3,8 @@
     deepalign policy info  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...]
     deepalign policy demo  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...] [--prompt TEXT] ...
     deepalign sft          RECIPE.yaml [dotted.key=value ...]
+    deepalign data mix     RECIPE.yaml [dotted.key=value ...]
+    deepalign data inspect PATH [--samples N] [--png FILE]
 
 A first argument ending in .yaml/.yml is a recipe; anything else is `policy.name`. Errors in
 the user's input (recipe keys, paths, checkpoint files) print one line and exit with status 2;
@@ -72,6 +74,22 @@ def cmd_sft(args: argparse.Namespace) -> None:
     train(recipe)
 
 
+def cmd_data_mix(args: argparse.Namespace) -> None:
+    from data_tools.mix_config import MixRecipe
+
+    recipe = load_recipe(args.recipe, MixRecipe, args.overrides)
+    from data_tools.mix import build_mixture
+
+    build_mixture(recipe)
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> None:
+    from data_tools.inspect import inspect
+
+    for line in inspect(args.path, args.samples, args.png):
+        print(line)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepalign",
@@ -108,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("recipe", metavar="RECIPE.yaml")
     sft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
     sft.set_defaults(func=cmd_sft)
+
+    data = commands.add_parser("data", help="build and inspect training data")
+    data_cmds = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    mix = data_cmds.add_parser("mix", help="build a packed SFT mixture from chat sources",
+                               description="Validate, deduplicate, decontaminate, sample, render, mask and pack "
+                                           "chat sources into Arrow shards with a manifest.")
+    mix.add_argument("recipe", metavar="RECIPE.yaml")
+    mix.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+    mix.set_defaults(func=cmd_data_mix)
+    insp = data_cmds.add_parser("inspect", help="counts, length histogram (PNG) and samples of data",
+                                description="Inspect a mixture directory or a raw JSONL/Parquet/datasets source.")
+    insp.add_argument("path")
+    insp.add_argument("--samples", type=int, default=3)
+    insp.add_argument("--png", help="where to write the histogram (default: beside the data)")
+    insp.set_defaults(func=cmd_data_inspect)
     return parser
 
 

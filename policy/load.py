@@ -68,6 +68,19 @@ def preset_moe_options(name_or_path: str, config) -> MoEOptions:
     return moe_options_from_config(config)
 
 
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a preset or checkpoint, without loading any weights."""
+    if name_or_path == "tiny":
+        return byte_chat_tokenizer()
+    if name_or_path in WEIGHTLESS_PRESETS:
+        raise PolicyLoadError(f"{name_or_path}: no tokenizer here; pass the released checkpoint directory")
+    folder = smollm2_dir() if name_or_path == SMOLLM2 else _checkpoint_dir(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise PolicyLoadError(f"{folder}: cannot load tokenizer ({exc})") from exc
+
+
 def load_policy(
     name_or_path: str,
     moe_overrides: dict | None = None,
