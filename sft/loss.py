@@ -10,6 +10,9 @@ number of ranks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -35,3 +38,34 @@ def count_targets(loss_mask: torch.Tensor) -> int:
 def normalized_loss(loss_sum: torch.Tensor, step_targets: int, world_size: int = 1) -> torch.Tensor:
     """The micro-batch's share of the step's mean token loss, scaled for gradient averaging over ranks."""
     return loss_sum * world_size / max(step_targets, 1)
+
+
+def head_loss_sum(
+    hidden: torch.Tensor, head_weight: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
+    """target_token_loss_sum computed from the final hidden states (B, T, H), applying the output
+    head (V, H) only at positions whose next token is a target: with assistant-only loss most of
+    the (B, T, V) logits are never needed."""
+    mask = loss_mask[:, 1:]
+    logits = hidden[:, :-1][mask] @ head_weight.t()
+    return F.cross_entropy(logits.float(), input_ids[:, 1:][mask], reduction="sum")
+
+
+@contextmanager
+def final_hidden_states(model) -> Iterator[dict]:
+    """Capture the output of the decoder's final norm during a forward (key "hidden").
+
+    Pair it with `logits_to_keep=torch.empty(0, dtype=torch.long)` so the model skips its own head.
+    Yields None when the model has no `model.norm` (then use the full logits).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    norm = getattr(getattr(base, "model", None), "norm", None)
+    if norm is None:
+        yield None
+        return
+    captured: dict = {}
+    handle = norm.register_forward_hook(lambda _m, _i, out: captured.__setitem__("hidden", out))
+    try:
+        yield captured
+    finally:
+        handle.remove()

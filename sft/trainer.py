@@ -25,7 +25,7 @@ from sft.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, s
 from sft.config import SFTRecipe
 from sft.data import BatchOrder, SFTBatch, collate, load_rows, rank_micro_batches
 from sft.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed, shutdown
-from sft.loss import count_targets, normalized_loss, target_token_loss_sum
+from sft.loss import count_targets, final_hidden_states, head_loss_sum, normalized_loss, target_token_loss_sum
 from sft.schedule import lr_multiplier
 from sft.tracking import Tracker
 
@@ -73,13 +73,24 @@ def build_model(recipe: SFTRecipe, info: DistInfo):
     return model, tokenizer
 
 
-def _forward(model, batch: SFTBatch, info: DistInfo):
-    kwargs = {}
+def forward_loss(model, batch: SFTBatch, info: DistInfo):
+    """(sum of target-token losses, model output) for one micro-batch.
+
+    On one process the output head runs only at target positions (sft/loss.py:head_loss_sum);
+    under FSDP the head's weight is sharded outside the forward, so the full logits are used.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {}
     if isinstance(base, DeepseekV2Policy):
         kwargs["sequence_ids"] = batch.sequence_ids.to(info.device)
-    return model(input_ids=batch.input_ids.to(info.device), position_ids=batch.position_ids.to(info.device),
-                 use_cache=False, **kwargs)
+    ids, mask = batch.input_ids.to(info.device), batch.loss_mask.to(info.device)
+    with final_hidden_states(model) as captured:
+        if captured is not None and not info.enabled:
+            kwargs["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=info.device)
+        out = model(input_ids=ids, position_ids=batch.position_ids.to(info.device), use_cache=False, **kwargs)
+    if "logits_to_keep" in kwargs:
+        return head_loss_sum(captured["hidden"], base.get_output_embeddings().weight, ids, mask), out
+    return target_token_loss_sum(out.logits, ids, mask), out
 
 
 def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFTRecipe, info: DistInfo) -> dict:
@@ -91,8 +102,7 @@ def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFT
     loss_sum, balance, tokens = 0.0, {}, 0
     stats = []
     for batch in batches:
-        out = _forward(model, batch, info)
-        token_loss = target_token_loss_sum(out.logits, batch.input_ids.to(info.device), batch.loss_mask.to(info.device))
+        token_loss, out = forward_loss(model, batch, info)
         loss = normalized_loss(token_loss, step_targets, info.world_size)
         aux = getattr(out, "aux_loss", None)
         if aux is not None and cfg.balance_loss:

@@ -97,3 +97,51 @@ def test_mean_of_micro_batch_means_would_differ(tiny):
 )
 def test_lr_schedule(step, schedule, expected):
     assert lr_multiplier(step, 110, 10, schedule, 0.1, [0.8, 0.9], 0.316) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "smollm2-135m-instruct"])
+def test_target_only_head_equals_full_logits(preset):
+    # The fast path (head applied only where the next token is a target) is the same loss and
+    # the same gradients as cross-entropy over the full logits; SmolLM2 ties head and embeddings.
+    from sft.data import SFTBatch
+    from sft.distributed import DistInfo
+    from sft.trainer import forward_loss
+
+    model, _ = load_policy(preset, moe_overrides={"token_dropping": False} if preset == "tiny" else None)
+    model.train()
+    ids, mask = _data(n=2, t=10)
+    ids = ids % model.config.vocab_size
+    batch = SFTBatch(ids, torch.arange(10).expand(2, 10), mask, torch.zeros(2, 10, dtype=torch.long))
+    fast, out = forward_loss(model, batch, DistInfo())
+    assert out.logits.shape[1] == 0  # the model's own head was skipped
+    fast.backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    full = target_token_loss_sum(model(ids, position_ids=batch.position_ids, use_cache=False).logits, ids, mask)
+    full.backward()
+    assert fast.item() == pytest.approx(full.item(), rel=1e-5)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(fast_grads[name], p.grad, rtol=1e-4, atol=1e-5)  # summation order
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    # Recomputation in backward must see the same routing (our MoE keeps its context until the
+    # next forward), including the balance losses.
+    from sft.data import SFTBatch
+    from sft.distributed import DistInfo
+    from sft.trainer import forward_loss
+
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = load_policy("tiny", moe_overrides={"token_dropping": False})
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        ids, mask = _data(n=2, t=16)
+        batch = SFTBatch(ids, torch.arange(16).expand(2, 16), mask, torch.zeros(2, 16, dtype=torch.long))
+        loss, out = forward_loss(model, batch, DistInfo())
+        (loss + out.aux_loss).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7)

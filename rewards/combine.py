@@ -1,0 +1,117 @@
+"""Combining reward functions: r = sum_k w_k * r_k, with per-component values kept for logging.
+
+DeepSeek-V2's stage 2 is r = c1*RM_helpful + c2*RM_safety + c3*RM_rule (V2 §4.2); any weighted
+mixture of reward functions is written the same way. A component returning None for a sample
+("does not apply") adds nothing to that sample's total.
+
+Errors are never silent: a component that raises (or runs past its `timeout`) stops the run
+with its name and the first failing sample's index, found by re-scoring the batch one sample at
+a time; with `on_error="zero"` the failing samples score 0 for that component and are counted
+in `RewardBatch.errors`, which the trainer logs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from dataclasses import dataclass, field
+
+from rewards.api import RewardFn, call_reward, get_reward
+
+
+class RewardError(RuntimeError):
+    """A reward function failed; the message names it and the sample."""
+
+
+@dataclass
+class RewardComponent:
+    name: str
+    fn: RewardFn
+    weight: float = 1.0
+    timeout: float | None = None
+
+
+@dataclass
+class RewardBatch:
+    """total: weighted sum per sample; components: each component's raw values (None = n/a);
+    errors: failing samples per component; seconds: time spent per component."""
+
+    total: list[float]
+    components: dict[str, list[float | None]]
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _call_with_timeout(component: RewardComponent, prompts, completions, columns):
+    if component.timeout is None:
+        return call_reward(component.fn, prompts, completions, columns)
+    pool = cf.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(call_reward, component.fn, prompts, completions, columns)
+    try:
+        return future.result(timeout=component.timeout)
+    except cf.TimeoutError:
+        raise TimeoutError(f"timed out after {component.timeout}s") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+class CombinedReward:
+    def __init__(self, components: list[RewardComponent], on_error: str = "raise"):
+        if on_error not in ("raise", "zero"):
+            raise ValueError(f"on_error must be 'raise' or 'zero', got {on_error!r}")
+        names = [c.name for c in components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward component names must be unique, got {names}")
+        self.components = components
+        self.on_error = on_error
+
+    @classmethod
+    def from_specs(cls, specs: list[dict], on_error: str = "raise") -> CombinedReward:
+        """specs: [{"name": registry name or module:function, "weight": w, "params": {...},
+        "timeout": s, "alias": optional display name}]."""
+        components = [
+            RewardComponent(s.get("alias") or s["name"], get_reward(s["name"], **s.get("params", {})),
+                            s.get("weight", 1.0), s.get("timeout"))
+            for s in specs
+        ]
+        return cls(components, on_error)
+
+    def _score(self, component: RewardComponent, prompts, completions, columns, errors) -> list[float | None]:
+        try:
+            return _call_with_timeout(component, prompts, completions, columns)
+        except Exception as batch_exc:  # find which samples fail, one at a time
+            values: list[float | None] = []
+            for i in range(len(completions)):
+                one = {k: v[i : i + 1] for k, v in columns.items()}
+                try:
+                    values.extend(_call_with_timeout(component, prompts[i : i + 1], completions[i : i + 1], one))
+                except Exception as exc:
+                    if self.on_error == "raise":
+                        raise RewardError(f"reward '{component.name}' failed on sample {i}: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+                    errors[component.name] = errors.get(component.name, 0) + 1
+                    values.append(0.0)
+            if component.name not in errors and self.on_error == "raise":
+                raise RewardError(f"reward '{component.name}' failed on the batch but on no single sample: "
+                                  f"{type(batch_exc).__name__}: {batch_exc}") from batch_exc
+            return values
+
+    def __call__(self, prompts: list, completions: list, **columns) -> RewardBatch:
+        errors: dict[str, int] = {}
+        seconds: dict[str, float] = {}
+        values: dict[str, list[float | None]] = {}
+        for component in self.components:
+            start = time.perf_counter()
+            values[component.name] = self._score(component, prompts, completions, columns, errors)
+            seconds[component.name] = time.perf_counter() - start
+        total = [
+            sum(c.weight * v for c in self.components if (v := values[c.name][i]) is not None)
+            for i in range(len(completions))
+        ]
+        return RewardBatch([float(t) for t in total], values, errors, seconds)
+
+
+def combine(*components: RewardComponent | tuple, on_error: str = "raise") -> CombinedReward:
+    """combine(("helpful", fn, 0.5), ("safety", fn2, 0.5)) or RewardComponent(...) objects."""
+    built = [c if isinstance(c, RewardComponent) else RewardComponent(*c) for c in components]
+    return CombinedReward(built, on_error)

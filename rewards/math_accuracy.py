@@ -1,0 +1,96 @@
+"""`math_accuracy`: 1.0 if the completion's final answer equals the `answer` column, else 0.0.
+
+Extraction of the final answer is configurable (split from scoring, as verl and TRL do):
+- "boxed": the content of the last \\boxed{...};
+- "answer_is": what follows the last "answer is" / "answer:" (up to the end of the sentence);
+- "last_number": the last number (integers, decimals, fractions a/b, percentages, 1,000);
+- "auto": boxed if present, else "answer is", else the last number.
+Equivalence is `math-verify`'s: LaTeX, fractions vs decimals, percentages, sets, intervals,
+equations such as x=3 vs 3. A sample with no answer column value is "not applicable" (None).
+"""
+
+from __future__ import annotations
+
+import re
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+from rewards.api import completion_text
+
+_EXTRACT = [LatexExtractionConfig(), ExprExtractionConfig()]
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?\s*%?|-?\.\d+%?")
+_ANSWER_IS = re.compile(r"answer(?:\s+is)?\s*[:=]?\s*(.+?)(?:\.(?:\s|$)|\n|$)", re.IGNORECASE)
+EXTRACTIONS = ("auto", "boxed", "answer_is", "last_number")
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last \boxed{...}, braces balanced.
+
+    >>> last_boxed(r"so \boxed{1} then \boxed{\frac{1}{2}} done")
+    '\\frac{1}{2}'
+    >>> last_boxed("no box") is None
+    True
+    """
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i, depth = start + len("\\boxed{"), 1
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def extract_answer(text: str, mode: str = "auto") -> str | None:
+    """The final answer string of a completion, or None.
+
+    >>> extract_answer("x = 5, so the answer is 12.")
+    '12'
+    >>> extract_answer("We get 3/4 of it, i.e. 75%", "last_number")
+    '75%'
+    """
+    if mode not in EXTRACTIONS:
+        raise ValueError(f"extraction must be one of {EXTRACTIONS}, got {mode!r}")
+    if mode in ("auto", "boxed"):
+        boxed = last_boxed(text)
+        if boxed is not None or mode == "boxed":
+            return boxed
+    if mode in ("auto", "answer_is"):
+        matches = _ANSWER_IS.findall(text)
+        if matches or mode == "answer_is":
+            return matches[-1].strip().rstrip(".") if matches else None
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].strip() if numbers else None
+
+
+def _as_math(text: str) -> list:
+    text = text.strip()
+    if "$" not in text and "\\boxed" not in text:
+        text = f"${text}$"
+    return parse(text, extraction_config=_EXTRACT)
+
+
+def answers_match(predicted: str, gold: str) -> bool:
+    """math-verify equivalence of two answer strings.
+
+    >>> answers_match("0.5", "\\\\frac{1}{2}"), answers_match("50\\\\%", "0.5"), answers_match("2", "3")
+    (True, True, False)
+    """
+    gold_parsed, pred_parsed = _as_math(gold), _as_math(predicted)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed))
+
+
+def math_accuracy(prompts, completions, answer=None, extraction: str = "auto", **_columns) -> list[float | None]:
+    """TRL-signature reward over the `answer` column."""
+    answers = answer if answer is not None else [None] * len(completions)
+    scores: list[float | None] = []
+    for completion, gold in zip(completions, answers, strict=True):
+        if gold is None or str(gold).strip() == "":
+            scores.append(None)
+            continue
+        predicted = extract_answer(completion_text(completion), extraction)
+        scores.append(float(predicted is not None and answers_match(predicted, str(gold))))
+    return scores

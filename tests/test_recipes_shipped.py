@@ -1,0 +1,25 @@
+"""Every shipped recipe validates against its schema (a typo in a recipe fails CI)."""
+
+from pathlib import Path
+
+import pytest
+
+from data_tools.mix_config import MixRecipe
+from deepalign.recipe import load_recipe
+from policy.config import PolicyDemoRecipe
+from sft.config import SFTRecipe
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+SCHEMAS = {"policy": PolicyDemoRecipe, "sft": SFTRecipe, "mix": MixRecipe}
+
+
+def test_there_are_recipes():
+    assert {p.stem for p in RECIPES} >= {"policy", "sft", "mix"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_recipe_validates(path):
+    schema = SCHEMAS.get(path.stem)
+    if schema is None:
+        pytest.fail(f"{path}: no schema known for recipes named {path.stem!r}")
+    load_recipe(path, schema)
