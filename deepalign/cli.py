@@ -5,6 +5,8 @@
     deepalign sft          RECIPE.yaml [dotted.key=value ...]
     deepalign data mix     RECIPE.yaml [dotted.key=value ...]
     deepalign data inspect PATH [--samples N] [--png FILE]
+    deepalign data prefs-from-answers|prefs-from-tests PROMPTS.jsonl --policy P --out FILE
+    deepalign rm train     RECIPE.yaml [dotted.key=value ...]
 
 A first argument ending in .yaml/.yml is a recipe; anything else is `policy.name`. Errors in
 the user's input (recipe keys, paths, checkpoint files) print one line and exit with status 2;
@@ -90,6 +92,39 @@ def cmd_data_inspect(args: argparse.Namespace) -> None:
         print(line)
 
 
+def cmd_prefs(args: argparse.Namespace) -> None:
+    from data_tools.readers import read_records
+    from data_tools.schema import parse_prompt
+    from policy.generate import generate
+    from policy.load import load_policy
+    from rewards import get_reward
+    from rewards.preferences import build_preferences, write_jsonl
+
+    records = read_records(args.prompts, parse_prompt)
+    rows = [{k: v for k, v in vars(rec).items() if v is not None} for _, rec in records]
+    model, tokenizer = load_policy(args.policy)
+
+    def sample(prompts: list[str], n: int) -> list[list[str]]:
+        flat = [p for p in prompts for _ in range(n)]
+        out = generate(model, tokenizer, flat, args.max_new_tokens, args.temperature, seed=args.seed).texts
+        return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    reward = get_reward("math_accuracy" if args.data_command == "prefs-from-answers" else "code_tests")
+    pairs, stats = build_preferences(rows, sample, lambda p, c, cols: reward(prompts=p, completions=c, **cols),
+                                     args.samples, args.max_pairs, args.seed)
+    write_jsonl(pairs, args.out)
+    print(", ".join(f"{k} {v}" for k, v in stats.items()) + f"; written to {args.out}")
+
+
+def cmd_rm_train(args: argparse.Namespace) -> None:
+    from rewards.rm_train import RMRecipe
+
+    recipe = load_recipe(args.recipe, RMRecipe, args.overrides)
+    from rewards.rm_train import train_reward_model
+
+    train_reward_model(recipe)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepalign",
@@ -141,6 +176,29 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--samples", type=int, default=3)
     insp.add_argument("--png", help="where to write the histogram (default: beside the data)")
     insp.set_defaults(func=cmd_data_inspect)
+    for name, label in (("prefs-from-answers", "ground-truth answers (math_accuracy)"),
+                        ("prefs-from-tests", "compiler feedback (code_tests in the sandbox)")):
+        prefs = data_cmds.add_parser(name, help=f"preference pairs labelled by {label}",
+                                     description=f"Sample completions per prompt from a policy, label them by {label}: "
+                                                 "passing = chosen, failing = rejected.")
+        prefs.add_argument("prompts", metavar="PROMPTS.jsonl", help="rows with prompt and answer, or tests")
+        prefs.add_argument("--policy", default="tiny")
+        prefs.add_argument("--out", required=True)
+        prefs.add_argument("--samples", type=int, default=4)
+        prefs.add_argument("--max-pairs", type=int, default=4, dest="max_pairs")
+        prefs.add_argument("--max-new-tokens", type=int, default=128, dest="max_new_tokens")
+        prefs.add_argument("--temperature", type=float, default=1.0)
+        prefs.add_argument("--seed", type=int, default=0)
+        prefs.set_defaults(func=cmd_prefs)
+
+    rm = commands.add_parser("rm", help="reward models")
+    rm_cmds = rm.add_subparsers(dest="rm_command", metavar="ACTION", required=True)
+    rm_train = rm_cmds.add_parser("train", help="train a reward model (Bradley-Terry or BCE)",
+                                  description="Train a scalar-head reward model initialised from a policy; "
+                                              "logs held-out pairwise accuracy.")
+    rm_train.add_argument("recipe", metavar="RECIPE.yaml")
+    rm_train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+    rm_train.set_defaults(func=cmd_rm_train)
     return parser
 
 

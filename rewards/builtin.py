@@ -3,6 +3,7 @@
 from rewards.api import register_reward
 from rewards.code_tests import code_tests
 from rewards.math_accuracy import math_accuracy
+from rewards.reward_model import reward_model
 from rewards.rules import format_reward, language_consistency, refusal, repetition_penalty, soft_overlong_penalty
 
 for _name, _fn in {
@@ -13,5 +14,6 @@ for _name, _fn in {
     "repetition_penalty": repetition_penalty,
     "language_consistency": language_consistency,
     "refusal": refusal,
+    "reward_model": reward_model,
 }.items():
     register_reward(_name)(_fn)

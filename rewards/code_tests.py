@@ -112,7 +112,8 @@ def _job(prompt, completion, tests, entry_point, language, partial):
     if language in ("c", "cpp"):
         compiler, ext, std = ("gcc", "c", "-std=c11") if language == "c" else ("g++", "cpp", "-std=c++17")
         source = extract_program(completion, language) + "\n\n" + tests + "\n"
-        script = f"{compiler} {std} -O1 -o prog main.{ext} -lm 2> compile.txt || {{ cat compile.txt >&2; exit 97; }}; ./prog"
+        compile_cmd = f"{compiler} {std} -O1 -o prog main.{ext} -lm 2> compile.txt"
+        script = f"{compile_cmd} || {{ cat compile.txt >&2; exit 97; }}; ./prog"
         return {f"main.{ext}": source}, ["/bin/sh", "-c", script]
     raise ValueError(f"code_tests: unsupported language {language!r} (python, c, cpp)")
 

@@ -1,0 +1,72 @@
+"""Scoring with a reward model: any Hugging Face sequence classifier with one output (including
+transformers' `DeepseekV2ForSequenceClassification`), batched, with the policy's chat template.
+
+`RewardModelScorer` works in-process; `reward_model(...)` is its TRL-signature reward function
+(scorers are cached per checkpoint); `RewardModelActor` is the same scorer as a Ray actor, for
+serving a reward model beside the rollout workers (GRPO's orchestration uses it).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from rewards.api import completion_text, prompt_text
+
+
+class RewardModelScorer:
+    def __init__(self, path: str, batch_size: int = 8, max_length: int = 1024, device: str = "cpu",
+                 dtype: str = "float32"):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=getattr(torch, dtype)).to(device).eval()
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"{path}: a reward model has one output, this one has {self.model.config.num_labels}")
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+
+    def render(self, prompt, completion) -> str:
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt_text(prompt)}]
+        messages = [*messages, {"role": "assistant", "content": completion_text(completion)}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    @torch.no_grad()
+    def score(self, prompts: list, completions: list) -> list[float]:
+        texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
+        scores: list[float] = []
+        for i in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True,
+                                 truncation=True, max_length=self.max_length, add_special_tokens=False,
+                                 padding_side="right")
+            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
+            scores.extend(logits[:, 0].float().tolist())
+        return scores
+
+
+_SCORERS: dict[tuple, RewardModelScorer] = {}
+_LOCK = threading.Lock()
+
+
+def reward_model(prompts, completions, path: str | None = None, batch_size: int = 8, max_length: int = 1024,
+                 device: str = "cpu", **_columns) -> list[float]:
+    """TRL-signature reward: the reward model at `path` scores each (prompt, completion)."""
+    if path is None:
+        raise ValueError("reward_model needs params: {path: <reward model checkpoint>}")
+    key = (path, batch_size, max_length, device)
+    with _LOCK:
+        if key not in _SCORERS:
+            _SCORERS[key] = RewardModelScorer(path, batch_size, max_length, device)
+    return _SCORERS[key].score(prompts, completions)
+
+
+def RewardModelActor(**actor_options):  # noqa: N802  (reads like the class it makes)
+    """`RewardModelScorer` as a Ray actor class: RewardModelActor(num_cpus=1).remote(path)."""
+    import ray
+
+    return ray.remote(**actor_options)(RewardModelScorer) if actor_options else ray.remote(RewardModelScorer)
