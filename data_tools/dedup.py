@@ -27,7 +27,7 @@ def near_duplicates(signatures: np.ndarray, bands: int, threshold: float, skip: 
     live = np.flatnonzero(~skip)
     if len(live) == 0:
         return dup
-    keys = band_hashes(signatures[live], bands)
+    keys = band_hashes(signatures if len(live) == n else signatures[live], bands)  # no copy when nothing is skipped
     for b in range(bands):
         _, first, inverse = np.unique(keys[:, b], return_index=True, return_inverse=True)
         rep = live[first[inverse]]  # earliest live row with the same band value

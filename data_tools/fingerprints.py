@@ -68,11 +68,12 @@ def band_hashes(signatures: np.ndarray, bands: int) -> np.ndarray:
     n, num_perm = signatures.shape
     if num_perm % bands:
         raise ValueError(f"num_perm={num_perm} is not divisible by bands={bands}")
-    rows = signatures.reshape(n, bands, num_perm // bands).astype(np.uint64)
+    rows = signatures.reshape(n, bands, num_perm // bands)
     out = np.zeros((n, bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for r in range(rows.shape[2]):
-            out = out * _MIX + rows[:, :, r]
+        for r in range(rows.shape[2]):  # one column at a time: never a uint64 copy of the whole matrix
+            out *= _MIX
+            out += rows[:, :, r]
     return out
 
 

@@ -123,25 +123,27 @@ def _chunks(iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def scan_source(path: str, name: str, recipe: MixRecipe, pool, progress, task) -> SourceScan:
+def scan_source(path: str, name: str, total: int, recipe: MixRecipe, pool, progress, task) -> SourceScan:
+    """Fingerprints of every valid row, filled into arrays preallocated for `total` rows."""
     counts: Counter = Counter()
     valid = (
         (n, rec.messages)
         for n, rec in read_records(path, parse_chat, recipe.on_bad_row, counts, default_source=name)
         if rec is not None
     )
-    parts = []
-    for chunk_result in pool.imap(_fingerprint_chunk, _chunks(valid, recipe.chunk_rows)):
-        parts.append(chunk_result)
-        progress.advance(task, len(chunk_result[0]))
-    if parts:
-        rows, exact, sigs, cont = (np.concatenate(x) for x in zip(*parts, strict=True))
-    else:
-        rows, exact = np.zeros(0, np.int64), np.zeros(0, np.uint64)
-        sigs, cont = np.zeros((0, recipe.dedup.num_perm), np.uint32), np.zeros(0, bool)
-    counts["rows_in"] = len(rows) + counts["bad_row"]
+    rows, exact = np.zeros(total, np.int64), np.zeros(total, np.uint64)
+    sigs, cont = np.zeros((total, recipe.dedup.num_perm), np.uint32), np.zeros(total, bool)
+    filled = 0
+    for chunk_rows, chunk_exact, chunk_sigs, chunk_cont in pool.imap(_fingerprint_chunk,
+                                                                       _chunks(valid, recipe.chunk_rows)):
+        end = filled + len(chunk_rows)
+        rows[filled:end], exact[filled:end], sigs[filled:end], cont[filled:end] = (
+            chunk_rows, chunk_exact, chunk_sigs, chunk_cont)
+        filled = end
+        progress.advance(task, len(chunk_rows))
+    counts["rows_in"] = filled + counts["bad_row"]
     progress.advance(task, counts["bad_row"])
-    return SourceScan(name, path, counts, rows, exact, sigs, cont)
+    return SourceScan(name, path, counts, rows[:filled], exact[:filled], sigs[:filled], cont[:filled])
 
 
 def decide_drops(scans: list[SourceScan], recipe: MixRecipe) -> None:
@@ -154,6 +156,8 @@ def decide_drops(scans: list[SourceScan], recipe: MixRecipe) -> None:
     near_dup = np.zeros_like(dropped)
     if recipe.dedup.near:
         sigs = np.concatenate([s.signatures for s in scans])
+        for s in scans:
+            s.signatures = None  # one copy at a time
         near_dup = near_duplicates(sigs, recipe.dedup.bands, recipe.dedup.threshold, skip=dropped)
         dropped |= near_dup
     start = 0
@@ -242,7 +246,7 @@ def build_mixture(recipe: MixRecipe, console: Console | None = None) -> dict:
         scans = []
         for spec, name, total in zip(recipe.sources, names, totals, strict=True):
             task = progress.add_task(f"scan {name}", total=total)
-            scans.append(scan_source(spec.path, name, recipe, pool, progress, task))
+            scans.append(scan_source(spec.path, name, total, recipe, pool, progress, task))
         decide_drops(scans, recipe)
         for spec, scan in zip(recipe.sources, scans, strict=True):
             kept = scan.counts["kept"]
