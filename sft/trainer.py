@@ -174,6 +174,7 @@ def train(recipe: SFTRecipe) -> Path:
                       tensorboard=recipe.log.tensorboard, wandb_project=recipe.log.wandb_project,
                       progress=recipe.log.progress, config=asdict(recipe))
     tracker.advance(step)
+    last_loss = None
     try:
         while step < total_steps:
             start = time.perf_counter()
@@ -185,7 +186,8 @@ def train(recipe: SFTRecipe) -> Path:
                 tracker.log(step, metrics)
                 if expert_load is not None:
                     tracker.histogram(step, "moe/expert_load", expert_load)
-            tracker.advance(step, f"loss {metrics['train/loss']:.3f}")
+            last_loss = metrics["train/loss"]
+            tracker.advance(step, f"loss {last_loss:.3f}")
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                 save_checkpoint(output_dir, step, model, tokenizer, optimizer, scheduler, order.state_dict(), info,
                                 keep=cfg.keep_checkpoints)
@@ -193,7 +195,7 @@ def train(recipe: SFTRecipe) -> Path:
     finally:
         tracker.close()
     if info.is_main:
-        print(f"final loss {metrics['train/loss']:.4f} after {step} steps; model saved to {final}"
-              if step and "metrics" in locals() else f"nothing to do: already at step {step}; {final}")
+        done = f"final loss {last_loss:.4f} after {step} steps" if last_loss is not None else f"already at step {step}"
+        print(f"{done}; model saved to {final}")
     shutdown(info)
     return final
