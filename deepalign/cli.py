@@ -125,6 +125,15 @@ def cmd_rm_train(args: argparse.Namespace) -> None:
     train_reward_model(recipe)
 
 
+def _recipe_command(group, name: str, func, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A command that takes RECIPE.yaml and dotted key=value overrides."""
+    parser = group.add_parser(name, help=help_text, description=description)
+    parser.add_argument("recipe", metavar="RECIPE.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepalign",
@@ -154,22 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--naive", action="store_true", help="decode with the expanded (naive) MLA cache")
     demo.set_defaults(func=cmd_policy_demo)
 
-    sft = commands.add_parser("sft", help="supervised fine-tuning on a chat mixture",
-                              description="Fine-tune a policy with assistant-only loss. Run under torchrun for "
-                                          "FSDP2 (gloo on CPU, NCCL on GPU). Resumes from the latest checkpoint "
-                                          "in train.output_dir.")
-    sft.add_argument("recipe", metavar="RECIPE.yaml")
-    sft.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
-    sft.set_defaults(func=cmd_sft)
+    _recipe_command(commands, "sft", cmd_sft, "supervised fine-tuning on a chat mixture",
+                    "Fine-tune a policy with assistant-only loss. Run under torchrun for FSDP2 (gloo on CPU, "
+                    "NCCL on GPU). Resumes from the latest checkpoint in train.output_dir.")
 
     data = commands.add_parser("data", help="build and inspect training data")
     data_cmds = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    mix = data_cmds.add_parser("mix", help="build a packed SFT mixture from chat sources",
-                               description="Validate, deduplicate, decontaminate, sample, render, mask and pack "
-                                           "chat sources into Arrow shards with a manifest.")
-    mix.add_argument("recipe", metavar="RECIPE.yaml")
-    mix.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
-    mix.set_defaults(func=cmd_data_mix)
+    _recipe_command(data_cmds, "mix", cmd_data_mix, "build a packed SFT mixture from chat sources",
+                    "Validate, deduplicate, decontaminate, sample, render, mask and pack chat sources into "
+                    "Arrow shards with a manifest.")
     insp = data_cmds.add_parser("inspect", help="counts, length histogram (PNG) and samples of data",
                                 description="Inspect a mixture directory or a raw JSONL/Parquet/datasets source.")
     insp.add_argument("path")
@@ -193,12 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rm = commands.add_parser("rm", help="reward models")
     rm_cmds = rm.add_subparsers(dest="rm_command", metavar="ACTION", required=True)
-    rm_train = rm_cmds.add_parser("train", help="train a reward model (Bradley-Terry or BCE)",
-                                  description="Train a scalar-head reward model initialised from a policy; "
-                                              "logs held-out pairwise accuracy.")
-    rm_train.add_argument("recipe", metavar="RECIPE.yaml")
-    rm_train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
-    rm_train.set_defaults(func=cmd_rm_train)
+    _recipe_command(rm_cmds, "train", cmd_rm_train, "train a reward model (Bradley-Terry or BCE)",
+                    "Train a scalar-head reward model initialised from a policy; logs held-out pairwise accuracy.")
     return parser
 
 

@@ -59,9 +59,11 @@ def test_console_script_help_lists_commands():
     exe = shutil.which("deepalign")
     cmd = [exe] if exe else [sys.executable, "-m", "deepalign.cli"]
     top = subprocess.run(cmd + ["--help"], capture_output=True, text=True, check=True).stdout
-    assert "policy" in top
-    for sub in (["policy", "--help"], ["policy", "info", "--help"], ["policy", "demo", "--help"]):
-        assert subprocess.run(cmd + sub, capture_output=True, text=True).returncode == 0
+    for command in ("policy", "sft", "data", "rm"):
+        assert command in top
+    for sub in (["policy", "info"], ["policy", "demo"], ["sft"], ["data", "mix"], ["data", "inspect"],
+                ["data", "prefs-from-answers"], ["data", "prefs-from-tests"], ["rm", "train"]):
+        assert subprocess.run(cmd + sub + ["--help"], capture_output=True, text=True).returncode == 0, sub
     bad = subprocess.run(cmd + ["policy", "info", "nope.yaml"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "deepalign: error: nope.yaml: recipe file not found"
