@@ -21,11 +21,27 @@ def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the [start, end) character spans of assistant turns."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise TemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
-    text = _render(tokenizer, messages, False)
+def _template_shape(tokenizer) -> tuple[str, str] | None:
+    """(assistant header, end-of-turn suffix) learnt from one probe conversation, or None when
+    the template does not render a probe the simple way (then spans come from prefix renders)."""
+    key = tokenizer.chat_template
+    if key in _SHAPES:
+        return _SHAPES[key]
+    user, answer = "\x01PROBE-USER\x01", "\x01PROBE-ANSWER\x01"
+    base = _render(tokenizer, [{"role": "user", "content": user}], False)
+    gen = _render(tokenizer, [{"role": "user", "content": user}], True)
+    full = _render(tokenizer, [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], False)
+    shape = None
+    if gen.startswith(base) and full.startswith(gen) and full[len(gen):].startswith(answer):
+        shape = (gen[len(base):], full[len(gen) + len(answer):].rstrip())
+    _SHAPES[key] = shape
+    return shape
+
+
+_SHAPES: dict[str, tuple[str, str] | None] = {}
+
+
+def _prefix_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -35,7 +51,35 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
         if not text.startswith(end_text):
             raise TemplateError("chat template does not render conversations incrementally")
         spans.append((start, len(end_text.rstrip())))  # the turn's trailing newline is template, not answer
-    return text, spans
+    return spans
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the [start, end) character spans of assistant turns.
+
+    Fast path: one render, each assistant turn located as header + content + end-of-turn text.
+    Any turn that is not found verbatim (a template that rewrites history, say) sends the whole
+    chat to the prefix-render method, which is exact for any incremental template.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
+    text = _render(tokenizer, messages, False)
+    shape = _template_shape(tokenizer)
+    if shape is not None:
+        header, suffix = shape
+        spans, pos = [], 0
+        for message in messages:
+            if message["role"] != "assistant":
+                continue
+            at = text.find(header + message["content"] + suffix, pos)
+            if at < 0:
+                break
+            start = at + len(header)
+            pos = start + len(message["content"]) + len(suffix)
+            spans.append((start, pos))
+        else:
+            return text, spans
+    return text, _prefix_spans(tokenizer, messages, text)
 
 
 def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:

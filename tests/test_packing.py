@@ -80,3 +80,19 @@ def test_packed_loss_equals_unpacked_loss(preset):
     assert count_targets(packed.loss_mask) == sum(sum(m[1:]) for _, m in docs)
     assert packed_sum.item() == pytest.approx(unpacked_sum.item(), rel=1e-5)
     torch.testing.assert_close(model.lm_head.weight.grad, packed_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "smollm2-135m-instruct"])
+def test_one_render_spans_equal_prefix_render_spans(preset):
+    from data_tools.chat import _prefix_spans, assistant_spans
+    from policy.load import load_tokenizer
+
+    tok = load_tokenizer(preset)
+    rng = random.Random(0)
+    for _ in range(30):
+        chat = [{"role": "system", "content": "Be kind."}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            q = " ".join(rng.choice(["hi", "why", "sum", "4", "ok"]) for _ in range(rng.randint(1, 5)))
+            chat += [{"role": "user", "content": q}, {"role": "assistant", "content": rng.choice([q, "ok", "4 ok"])}]
+        text, fast = assistant_spans(tok, chat)
+        assert fast == _prefix_spans(tok, chat, text)
