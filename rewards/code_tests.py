@@ -97,12 +97,13 @@ _POOLS: dict[tuple, SandboxPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def sandbox_pool(mode: str = "bwrap", max_workers: int = 4, **limits) -> SandboxPool:
+def sandbox_pool(mode: str = "bwrap", max_workers: int = 4, uid_base: int = Sandbox.UID_BASE,
+                 **limits) -> SandboxPool:
     """A shared pool per configuration (pools are costly to build and safe to reuse)."""
-    key = (mode, max_workers, tuple(sorted(limits.items())))
+    key = (mode, max_workers, uid_base, tuple(sorted(limits.items())))
     with _POOLS_LOCK:
         if key not in _POOLS:
-            _POOLS[key] = SandboxPool(Sandbox(SandboxLimits(**limits), mode=mode), max_workers)
+            _POOLS[key] = SandboxPool(Sandbox(SandboxLimits(**limits), mode=mode, uid_base=uid_base), max_workers)
         return _POOLS[key]
 
 

@@ -73,7 +73,8 @@ def python_executable() -> str:
 class Sandbox:
     UID_BASE = 61000
 
-    def __init__(self, limits: SandboxLimits | None = None, mode: str = "bwrap", workdir: str | None = None):
+    def __init__(self, limits: SandboxLimits | None = None, mode: str = "bwrap", workdir: str | None = None,
+                 uid_base: int = UID_BASE):
         if mode not in ("bwrap", "rlimit"):
             raise ValueError(f"sandbox mode must be 'bwrap' or 'rlimit', got {mode!r}")
         self.limits = limits or SandboxLimits()
@@ -92,6 +93,7 @@ class Sandbox:
         if self.prlimit is None:
             raise SandboxUnavailable("prlimit (util-linux) is needed to apply resource limits")
         self.workdir = workdir
+        self.uid_base = uid_base  # slot k runs as uid uid_base + k (when deepalign runs as root)
         self.as_root = os.geteuid() == 0
         if self.as_root and self.setpriv is None:
             raise SandboxUnavailable("setpriv (util-linux) is needed to drop root inside the sandbox")
@@ -137,7 +139,7 @@ class Sandbox:
                 path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
             user = None
             if self.as_root:
-                user = self.UID_BASE + slot
+                user = self.uid_base + slot
                 os.chown(work, user, user)
                 for name in files:
                     os.chown(work / name, user, user)

@@ -18,10 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 FAST = {"cpu_seconds": 2, "wall_seconds": 4.0, "memory_mb": 512}
+# This test process's own uid range, so that parallel test workers never see each other's sandboxes.
+UID_BASE = 62000 + 16 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
 def _score(code: str, tests: str = "assert True", **kw) -> tuple[float, str]:
-    pool = sandbox_pool("bwrap", 2, **FAST)
+    pool = sandbox_pool("bwrap", 2, uid_base=UID_BASE, **FAST)
     [result] = score_programs([""], [code], [tests], pool=pool, **kw)
     return result.score, result.reason
 
@@ -135,7 +137,9 @@ def test_attack_scores_zero_and_host_is_untouched(name, host_targets):
         host_targets["listener"].accept()  # nothing reached the host's loopback
     time.sleep(0.2)
     assert _marker_processes(f"987{marker}") == []  # no process outlives the sandbox
-    assert not [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real >= Sandbox.UID_BASE]
+    survivors = [p for p in psutil.process_iter(["uids"])
+                 if p.info["uids"] and UID_BASE <= p.info["uids"].real < UID_BASE + 16]
+    assert survivors == []
     assert _score("def f():\n    return 1", "assert f() == 1") == (1.0, "passed")  # the next program runs normally
 
 
