@@ -36,6 +36,11 @@ def _checkpoint_dir(path: str) -> Path:
     return folder
 
 
+def checkpoint_folder(name_or_path: str) -> Path:
+    """The Hugging Face directory behind `smollm2-135m-instruct` (converted on first use) or a path."""
+    return smollm2_dir() if name_or_path == SMOLLM2 else _checkpoint_dir(name_or_path)
+
+
 def validate_deepseek_config(config, where: str) -> None:
     """Reject shapes our MoE cannot route (checked before any weights are read)."""
     if getattr(config, "model_type", None) != "deepseek_v2":
@@ -53,7 +58,7 @@ def policy_config(name_or_path: str):
     """The transformers config of a preset or checkpoint, without loading weights."""
     if name_or_path in DEEPSEEK_PRESETS:
         return DeepseekV2Config(**DEEPSEEK_PRESETS[name_or_path]["config"])
-    folder = smollm2_dir() if name_or_path == SMOLLM2 else _checkpoint_dir(name_or_path)
+    folder = checkpoint_folder(name_or_path)
     try:
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, OSError, json.JSONDecodeError) as exc:
@@ -74,7 +79,7 @@ def load_tokenizer(name_or_path: str):
         return byte_chat_tokenizer()
     if name_or_path in WEIGHTLESS_PRESETS:
         raise PolicyLoadError(f"{name_or_path}: no tokenizer here; pass the released checkpoint directory")
-    folder = smollm2_dir() if name_or_path == SMOLLM2 else _checkpoint_dir(name_or_path)
+    folder = checkpoint_folder(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
@@ -100,7 +105,7 @@ def load_policy(
         model = DeepseekV2Policy(config, options)
         tokenizer = byte_chat_tokenizer()
     else:
-        folder = smollm2_dir() if name_or_path == SMOLLM2 else _checkpoint_dir(name_or_path)
+        folder = checkpoint_folder(name_or_path)
         config = policy_config(str(folder))
         if not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
             raise PolicyLoadError(f"{folder}: checkpoint directory has no weights (*.safetensors or *.bin)")
@@ -110,9 +115,9 @@ def load_policy(
                 model = DeepseekV2Policy.from_pretrained(folder, moe_options=options, dtype=dtype)
             else:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as exc:
             raise PolicyLoadError(f"{folder}: {exc}") from exc
+        tokenizer = load_tokenizer(str(folder))
     model = model.to(dtype)
     model.eval()
     return model, tokenizer

@@ -15,6 +15,22 @@ import torch
 from rewards.api import completion_text, prompt_text
 
 
+def render_pair(tokenizer, prompt, completion) -> str:
+    """The (prompt, completion) conversation as the chat template renders it."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt_text(prompt)}]
+    messages = [*messages, {"role": "assistant", "content": completion_text(completion)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def score_batch(model, tokenizer, prompts: list, completions: list, max_length: int) -> torch.Tensor:
+    """(B,) fp32 rewards of one batch (right-padded; the head reads the last real token). Keeps grad."""
+    enc = tokenizer([render_pair(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)],
+                    return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                    add_special_tokens=False, padding_side="right")
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float()
+
+
 class RewardModelScorer:
     def __init__(self, path: str, batch_size: int = 8, max_length: int = 1024, device: str = "cpu",
                  dtype: str = "float32"):
@@ -31,21 +47,13 @@ class RewardModelScorer:
         self.max_length = max_length
         self.device = device
 
-    def render(self, prompt, completion) -> str:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt_text(prompt)}]
-        messages = [*messages, {"role": "assistant", "content": completion_text(completion)}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False)
-
     @torch.no_grad()
     def score(self, prompts: list, completions: list) -> list[float]:
-        texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
         scores: list[float] = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_length, add_special_tokens=False,
-                                 padding_side="right")
-            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
-            scores.extend(logits[:, 0].float().tolist())
+        for i in range(0, len(completions), self.batch_size):
+            batch = slice(i, i + self.batch_size)
+            scores += score_batch(self.model, self.tokenizer, prompts[batch], completions[batch],
+                                  self.max_length).tolist()
         return scores
 
 

@@ -17,8 +17,10 @@ from typing import Literal
 
 import torch
 
+from deepalign.recipe import RecipeError
 from policy.config import PolicyConfig
 from rewards.preferences import builtin_pairs
+from rewards.reward_model import score_batch
 from rewards.rm_loss import bradley_terry_loss, pairwise_accuracy, pointwise_bce_loss
 from sft.config import LogConfig
 
@@ -65,7 +67,10 @@ def load_rows(cfg: RMDataConfig, loss: str) -> list[dict]:
     from data_tools.schema import BadRowError
 
     if cfg.source.startswith("builtin:"):
-        rows = builtin_pairs(cfg.source.removeprefix("builtin:"), cfg.num_examples, cfg.seed)
+        try:
+            rows = builtin_pairs(cfg.source.removeprefix("builtin:"), cfg.num_examples, cfg.seed)
+        except ValueError as exc:
+            raise RecipeError(f"data.source: {exc}") from exc
         if loss == "pointwise":
             rows = [{"prompt": r["prompt"], "completion": r[k], "label": int(k == "chosen")}
                     for r in rows for k in ("chosen", "rejected")]
@@ -85,7 +90,7 @@ def build_reward_model(policy: PolicyConfig):
     """(sequence classifier with one output, tokenizer), initialised from the policy's weights."""
     from transformers import AutoModelForSequenceClassification, DeepseekV2ForSequenceClassification
 
-    from policy.load import load_policy, load_tokenizer
+    from policy.load import checkpoint_folder, load_policy, load_tokenizer
     from policy.presets import DEEPSEEK_PRESETS
 
     tokenizer = load_tokenizer(policy.name)
@@ -98,25 +103,15 @@ def build_reward_model(policy: PolicyConfig):
                                            strict=False)
         assert set(missing) == {"score.weight"}, missing
     else:
-        from policy.load import _checkpoint_dir
-        from policy.smollm2 import smollm2_dir
-
-        folder = smollm2_dir() if policy.name == "smollm2-135m-instruct" else _checkpoint_dir(policy.name)
-        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=policy.torch_dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint_folder(policy.name), num_labels=1,
+                                                                   dtype=policy.torch_dtype)
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(policy.torch_dtype), tokenizer
 
 
-def _render(tokenizer, prompt, completion) -> str:
-    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": completion}], tokenize=False)
-
-
-def _rewards(model, tokenizer, prompts, completions, max_length) -> torch.Tensor:
-    enc = tokenizer([_render(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)],
-                    return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-                    add_special_tokens=False, padding_side="right")
-    return model(**enc).logits[:, 0].float()
+def _score_rows(model, tokenizer, rows: list[dict], key: str, max_length: int) -> torch.Tensor:
+    """Rewards of rows[i][key] as answers to rows[i]["prompt"]."""
+    return score_batch(model, tokenizer, [r["prompt"] for r in rows], [r[key] for r in rows], max_length)
 
 
 def evaluate(model, tokenizer, rows: list[dict], recipe: RMRecipe) -> dict[str, float]:
@@ -125,13 +120,11 @@ def evaluate(model, tokenizer, rows: list[dict], recipe: RMRecipe) -> dict[str, 
     with torch.no_grad():
         for i in range(0, len(rows), recipe.train.batch_size):
             batch = rows[i : i + recipe.train.batch_size]
-            prompts = [r["prompt"] for r in batch]
             if recipe.train.loss == "pairwise":
-                chosen.append(_rewards(model, tokenizer, prompts, [r["chosen"] for r in batch], recipe.data.max_length))
-                rejected.append(_rewards(model, tokenizer, prompts, [r["rejected"] for r in batch],
-                                         recipe.data.max_length))
+                chosen.append(_score_rows(model, tokenizer, batch, "chosen", recipe.data.max_length))
+                rejected.append(_score_rows(model, tokenizer, batch, "rejected", recipe.data.max_length))
             else:
-                scores = _rewards(model, tokenizer, prompts, [r["completion"] for r in batch], recipe.data.max_length)
+                scores = _score_rows(model, tokenizer, batch, "completion", recipe.data.max_length)
                 labels = torch.tensor([float(r["label"]) for r in batch])
                 chosen.append((scores > 0).float() == labels)
     model.train()
@@ -173,15 +166,14 @@ def train_reward_model(recipe: RMRecipe) -> tuple[Path, dict]:
         for step in range(1, total + 1):
             start = ((step - 1) * cfg.batch_size) % len(train_rows)
             batch = [train_rows[(start + j) % len(train_rows)] for j in range(cfg.batch_size)]
-            prompts = [r["prompt"] for r in batch]
             if cfg.loss == "pairwise":
-                chosen = _rewards(model, tokenizer, prompts, [r["chosen"] for r in batch], recipe.data.max_length)
-                rejected = _rewards(model, tokenizer, prompts, [r["rejected"] for r in batch], recipe.data.max_length)
+                chosen = _score_rows(model, tokenizer, batch, "chosen", recipe.data.max_length)
+                rejected = _score_rows(model, tokenizer, batch, "rejected", recipe.data.max_length)
                 margin = torch.tensor([float(r.get("margin", 0.0)) for r in batch]) if cfg.use_margin else None
                 loss = bradley_terry_loss(chosen, rejected, margin, cfg.center_coef)
                 train_metrics = {"train/loss": loss.item(), "train/accuracy": pairwise_accuracy(chosen, rejected)}
             else:
-                scores = _rewards(model, tokenizer, prompts, [r["completion"] for r in batch], recipe.data.max_length)
+                scores = _score_rows(model, tokenizer, batch, "completion", recipe.data.max_length)
                 loss = pointwise_bce_loss(scores, torch.tensor([float(r["label"]) for r in batch]))
                 train_metrics = {"train/loss": loss.item()}
             loss.backward()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepalign.recipe import RecipeError
 from policy.load import load_policy
 from policy.model import DeepseekV2Policy
 from sft.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
@@ -46,7 +47,7 @@ def build_model(recipe: SFTRecipe, info: DistInfo):
         model.config.use_cache = False
     if recipe.lora.enabled:
         if info.enabled:
-            raise ValueError("lora.enabled with several processes is not supported yet; run LoRA on one process")
+            raise RecipeError("lora.enabled with several processes is not supported yet; run LoRA on one process")
         from peft import LoraConfig, get_peft_model
 
         # Full names of nn.Linear modules only: the routed experts' 3-D tensors share the names
@@ -54,12 +55,12 @@ def build_model(recipe: SFTRecipe, info: DistInfo):
         wanted = set(recipe.lora.target_modules)
         mlp_names = wanted & {"gate_proj", "up_proj", "down_proj"}
         if model.config.model_type == "deepseek_v2" and mlp_names:
-            raise ValueError(f"lora.target_modules: {sorted(mlp_names)} on a DeepSeek-V2 policy would put LoRA on "
+            raise RecipeError(f"lora.target_modules: {sorted(mlp_names)} on a DeepSeek-V2 policy would put LoRA on "
                              "the routed experts' fused tensors, which is not supported; target attention projections")
         targets = [name for name, module in model.named_modules()
                    if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in wanted]
         if not targets:
-            raise ValueError(f"lora.target_modules: none of {recipe.lora.target_modules} is in the model")
+            raise RecipeError(f"lora.target_modules: none of {recipe.lora.target_modules} is in the model")
         # A regex of full names, not a list: peft shortens long lists to name suffixes.
         pattern = "|".join(re.escape(t) for t in targets)
         config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,

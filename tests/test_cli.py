@@ -46,6 +46,10 @@ def test_policy_demo_from_recipe(capsys):
         (["policy", "info", "missing.yaml"], "missing.yaml: recipe file not found"),
         (["policy", "info", "/no/such/dir"], "no such preset or directory"),
         (["policy", "demo", "deepseek-v2"], "has no weights here"),
+        (["rm", "train", "recipes/demo/rm_safety.yaml", "data.source=builtin:nope"],
+         "data.source: unknown built-in preference task 'nope'"),
+        (["sft", "recipes/demo/sft.yaml", "lora.enabled=true", "lora.target_modules=[down_proj]"],
+         "lora.target_modules: ['down_proj'] on a DeepSeek-V2 policy"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv, message):
