@@ -3,6 +3,7 @@
     deepalign policy info  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...]
     deepalign policy demo  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...] [--prompt TEXT] ...
     deepalign sft          RECIPE.yaml [dotted.key=value ...]
+    deepalign grpo         RECIPE.yaml [dotted.key=value ...]
     deepalign data mix     RECIPE.yaml [dotted.key=value ...]
     deepalign data inspect PATH [--samples N] [--png FILE]
     deepalign data prefs-from-answers|prefs-from-tests PROMPTS.jsonl --policy P --out FILE
@@ -74,6 +75,16 @@ def cmd_sft(args: argparse.Namespace) -> None:
     from sft.trainer import train
 
     train(recipe)
+
+
+def cmd_grpo(args: argparse.Namespace) -> None:
+    from grpo.config import GRPORecipe
+
+    recipe = load_recipe(args.recipe, GRPORecipe, args.overrides)
+    from grpo.driver import run, validate
+
+    validate(recipe)  # before Ray starts
+    run(recipe)
 
 
 def cmd_data_mix(args: argparse.Namespace) -> None:
@@ -167,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Fine-tune a policy with assistant-only loss. Run under torchrun for FSDP2 (gloo on CPU, "
                     "NCCL on GPU). Resumes from the latest checkpoint in train.output_dir.")
 
+    _recipe_command(commands, "grpo", cmd_grpo, "critic-free RL (GRPO) with rollout workers and learners on Ray",
+                    "One GRPO stage: G samples per prompt, group-normalised advantages, clipped objective, k3 KL "
+                    "to a reference. Resumes from the latest checkpoint in train.output_dir.")
+
     data = commands.add_parser("data", help="build and inspect training data")
     data_cmds = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     _recipe_command(data_cmds, "mix", cmd_data_mix, "build a packed SFT mixture from chat sources",
@@ -205,11 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     from data_tools.chat import TemplateError
     from data_tools.schema import BadRowError
     from policy.smollm2 import PolicyLoadError
+    from grpo.workers import WorkerError
+    from rewards.combine import RewardError
     from sft.data import DataError
 
     try:
         args.func(args)
-    except (RecipeError, PolicyLoadError, DataError, TemplateError, BadRowError) as exc:
+    except (RecipeError, PolicyLoadError, DataError, TemplateError, BadRowError, RewardError, WorkerError) as exc:
         if os.environ.get("DEEPALIGN_DEBUG"):
             raise
         print(f"deepalign: error: {exc}", file=sys.stderr)

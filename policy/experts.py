@@ -2,7 +2,10 @@
 
 Owns: `grouped_experts_forward`, which sorts the (token, expert) assignments by expert and runs
 two grouped matmuls (`torch.nn.functional.grouped_mm`) over the contiguous per-expert blocks,
-and `loop_experts_forward`, a slow per-expert reference kept beside it for tests.
+`dense_experts_forward`, which runs every expert on every token in two batched matmuls and
+keeps the routed ones (the decode path: with a few tokens per step and most experts touched
+anyway, one big matmul beats a grouped_mm with tiny groups), and `loop_experts_forward`, a slow
+per-expert reference kept beside them for tests.
 
 The weights are transformers' `DeepseekV2Experts` tensors, unchanged:
 gate_up_proj (E, 2I, H) and down_proj (E, H, I).
@@ -99,3 +102,22 @@ def loop_experts_forward(
         y = F.linear(act_fn(gate) * up, down_proj[e]) * weights[rows, slots].unsqueeze(1)
         out.index_add_(0, rows, y.to(x.dtype))
     return out
+
+
+def dense_experts_forward(
+    x: torch.Tensor,
+    indices: torch.Tensor,
+    weights: torch.Tensor,
+    keep: torch.Tensor | None,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    act_fn: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Same result as grouped_experts_forward; every expert computed for every token (small N only)."""
+    n_tokens, num_experts = x.shape[0], gate_up_proj.shape[0]
+    mix = torch.zeros(n_tokens, num_experts, dtype=torch.float32, device=x.device)
+    mix.scatter_add_(1, indices, (weights if keep is None else weights * keep).float())
+    h = (x @ gate_up_proj.reshape(-1, x.shape[1]).t()).view(n_tokens, num_experts, -1)  # (N, E, 2I), one matmul
+    gate, up = h.chunk(2, dim=-1)
+    y = torch.bmm((act_fn(gate) * up).transpose(0, 1), down_proj.transpose(1, 2))  # (E, N, H)
+    return torch.bmm(y.permute(1, 2, 0), mix.to(y.dtype).unsqueeze(2)).squeeze(2).to(x.dtype)

@@ -95,7 +95,9 @@ class DeepseekV2Policy(DeepseekV2ForCausalLM):
         else:
             seq_index = torch.arange(batch, device=device).repeat_interleave(length)
             if attention_mask is not None and attention_mask.dim() == 2:
-                seq_index = torch.where(attention_mask.reshape(-1).bool(), seq_index, -1)
+                # with a KV cache the mask covers past tokens too: the new ones are its last columns
+                new_tokens = attention_mask[:, -length:].reshape(-1).bool()
+                seq_index = torch.where(new_tokens, seq_index, -1)
             num_seqs = batch
         allowed = self.moe_options.token_dropping if token_dropping is None else token_dropping
         dropping = bool(self.training and allowed and self.moe_options.token_dropping)
@@ -129,7 +131,8 @@ class DeepseekV2Policy(DeepseekV2ForCausalLM):
         for moe in layers:
             for name, value in moe.aux.balance_losses.items():
                 totals[name] = totals[name] + value if name in totals else value
-            stats.append(moe.aux.stats)
+            if moe.aux.stats is not None:
+                stats.append(moe.aux.stats)
             moe.aux = MoEAux()  # the losses now live in the output; keep no graph on the module
         aux = sum(totals.values()) if totals else None
         return PolicyOutput(

@@ -28,7 +28,7 @@ from policy.balance import (
     expert_balance_loss,
     routing_fractions,
 )
-from policy.experts import grouped_experts_forward, loop_experts_forward
+from policy.experts import dense_experts_forward, grouped_experts_forward, loop_experts_forward
 from policy.routing import RouterStats, capacity_keep_mask, router_stats, select_experts
 
 
@@ -42,7 +42,9 @@ class MoEOptions:
     token_dropping: drop assignments beyond a device's capacity, training only.
     capacity_factor: device budget as a multiple of the average load (paper: 1.0).
     protected_fraction: fraction of sequences whose tokens are never dropped (paper: ~10%).
-    expert_impl: "grouped" (sorted grouped matmul) or "loop" (per-expert reference).
+    expert_impl: "grouped" (sorted grouped matmul), "dense" (every expert on every token: the
+        rollout engine's decode steps) or "loop" (per-expert reference).
+    router_stats: compute per-layer load statistics (off in the rollout engine, which never reads them).
     """
 
     expert_balance_alpha: float = 0.0
@@ -53,10 +55,11 @@ class MoEOptions:
     capacity_factor: float = 1.0
     protected_fraction: float = 0.1
     expert_impl: str = "grouped"
+    router_stats: bool = True
 
     def __post_init__(self) -> None:
-        if self.expert_impl not in ("grouped", "loop"):
-            raise ValueError(f"moe.expert_impl must be 'grouped' or 'loop', got {self.expert_impl!r}")
+        if self.expert_impl not in ("grouped", "dense", "loop"):
+            raise ValueError(f"moe.expert_impl must be 'grouped', 'dense' or 'loop', got {self.expert_impl!r}")
         if not 0.0 <= self.protected_fraction <= 1.0:
             raise ValueError(f"moe.protected_fraction must be in [0, 1], got {self.protected_fraction}")
         if self.capacity_factor <= 0:
@@ -136,7 +139,8 @@ class DeepSeekMoE(nn.Module):
                 indices, weights, self.num_experts, self.num_devices, ctx.protected, valid,
                 self.options.capacity_factor,
             )
-        compute = grouped_experts_forward if self.options.expert_impl == "grouped" else loop_experts_forward
+        compute = {"grouped": grouped_experts_forward, "dense": dense_experts_forward,
+                   "loop": loop_experts_forward}[self.options.expert_impl]
         routed = compute(
             x, indices, weights * self.routed_scaling_factor, keep,
             self.experts.gate_up_proj, self.experts.down_proj, self.experts.act_fn,
@@ -145,9 +149,11 @@ class DeepSeekMoE(nn.Module):
         return routed.view(shape) + self.shared_experts(hidden_states)
 
     def _aux(self, scores, indices, keep, valid, ctx: RoutingContext) -> MoEAux:
-        with torch.no_grad():
-            stats = router_stats(indices, keep if keep is not None else torch.ones_like(indices, dtype=torch.bool),
-                                 valid, self.num_experts)
+        stats = None
+        if self.options.router_stats:
+            with torch.no_grad():
+                stats = router_stats(indices, keep if keep is not None else torch.ones_like(indices, dtype=torch.bool),
+                                     valid, self.num_experts)
         o = self.options
         losses: dict[str, torch.Tensor] = {}
         if self.training and (o.expert_balance_alpha or o.device_balance_alpha or o.comm_balance_alpha):

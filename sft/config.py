@@ -15,11 +15,13 @@ from policy.config import PolicyConfig
 @dataclass
 class SFTDataConfig:
     """source: a mixture directory written by `deepalign data mix` (manifest.json + shards),
-    or `builtin:arithmetic` (synthetic arithmetic chats, `num_examples` of them).
+    or `builtin:arithmetic` (synthetic arithmetic chats, `num_examples` of them, operands of up
+    to `max_digits` digits).
     max_length: packed row length (or truncation length when pack is false)."""
 
     source: str = "builtin:arithmetic"
     num_examples: int = 4000
+    max_digits: int = 3
     max_length: int = 256
     pack: bool = True
     seed: int = 0

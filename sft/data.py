@@ -56,7 +56,7 @@ def builtin_rows(cfg: SFTDataConfig, tokenizer) -> list[PackedRow]:
     name = cfg.source.removeprefix("builtin:")
     if name != "arithmetic":
         raise DataError(f"data.source: unknown built-in task {cfg.source!r} (builtin:arithmetic)")
-    docs = (render_chat(tokenizer, chat) for chat in arithmetic_chats(cfg.num_examples, cfg.seed))
+    docs = (render_chat(tokenizer, chat) for chat in arithmetic_chats(cfg.num_examples, cfg.seed, cfg.max_digits))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.pack:
         return list(pack_documents(docs, cfg.max_length, pad))

@@ -1,0 +1,189 @@
+"""The learner: policy + reference + optimiser; scores samples and takes the mu GRPO updates.
+
+One `Learner` per process of the learner group. With several, they form one torch.distributed
+group (gloo on CPU, NCCL on GPU) and the policy is sharded with FSDP2 (sft/distributed.py),
+each rank taking its share of the batch's rows. The reference model is frozen and, under FSDP,
+sharded the same way. MoE balance losses are added to the loss when the policy has experts
+(token dropping is off for log-probs: dropped tokens would make pi_theta and pi_old disagree).
+
+Log-probs are taken at temperature `rollout.temperature`, the distribution the engine sampled
+from. `full_state_dict()` gathers unsharded weights for the rollout workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.distributed as dist
+
+from grpo.batch import GRPOBatch
+from grpo.config import GRPORecipe
+from grpo.loss import LossConfig, grpo_loss, truncated_is_weights
+from policy.load import load_policy
+from policy.model import DeepseekV2Policy
+from sft.checkpoint import load_checkpoint, save_checkpoint, save_final
+from sft.distributed import DistInfo, all_reduce_sum, apply_fsdp
+
+
+def init_group(rank: int, world: int, address: str, port: int) -> DistInfo:
+    if world <= 1:
+        return DistInfo(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)  # Ray gives each learner actor its own GPU as device 0
+        device, backend = torch.device("cuda", 0), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    return DistInfo(rank, world, 0, device)
+
+
+def completion_logprobs(model, batch: GRPOBatch, temperature: float, device) -> tuple[torch.Tensor, object]:
+    """(N, C) log pi(completion token) and the model output (for MoE balance losses)."""
+    ids = batch.input_ids.to(device)
+    attention = batch.attention_mask.to(device)
+    positions = (attention.long().cumsum(1) - 1).clamp(min=0)
+    c = batch.completion_width
+    kwargs = {"token_dropping": False} if isinstance(_base(model), DeepseekV2Policy) else {}
+    out = model(input_ids=ids, attention_mask=attention.long(), position_ids=positions, use_cache=False,
+                logits_to_keep=c + 1, **kwargs)
+    logits = out.logits[:, :-1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    logp = logits.log_softmax(-1).gather(-1, ids[:, -c:].unsqueeze(-1)).squeeze(-1)
+    return logp, out
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class Learner:
+    def __init__(self, recipe: GRPORecipe, rank: int = 0, world: int = 1, address: str = "127.0.0.1",
+                 port: int = 29500):
+        self.recipe = recipe
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        self.info = init_group(rank, world, address, port)
+        torch.manual_seed(recipe.train.seed)
+        p = recipe.policy
+        self.model, self.tokenizer = load_policy(p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
+        self.model.to(self.info.device)
+        a = recipe.algorithm
+        self.reference = None
+        if a.beta != 0.0:
+            self.reference, _ = load_policy(recipe.reference or p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
+            self.reference.to(self.info.device).requires_grad_(False)
+        if self.info.enabled:
+            self.model = apply_fsdp(self.model)
+            if self.reference is not None:
+                self.reference = apply_fsdp(self.reference)
+        self.model.train()
+        t = recipe.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                           betas=(0.9, 0.95))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
+        self.loss_config = LossConfig(a.eps_low, a.eps_high, a.beta, a.aggregation, a.ratio_level,
+                                      recipe.rollout.max_new_tokens)
+
+    # ---- scoring -------------------------------------------------------------------------
+    def _my_rows(self, n: int) -> slice:
+        per = math.ceil(n / self.info.world_size)
+        return slice(self.info.rank * per, min(n, (self.info.rank + 1) * per))
+
+    @torch.no_grad()
+    def _score(self, model, batch: GRPOBatch) -> torch.Tensor:
+        mb = self.recipe.train.micro_batch_size
+        was_training = model.training
+        model.eval()
+        parts = [completion_logprobs(model, batch.rows(slice(i, i + mb)), self.recipe.rollout.temperature,
+                                     self.info.device)[0].cpu() for i in range(0, batch.input_ids.shape[0], mb)]
+        model.train(was_training)
+        return torch.cat(parts)
+
+    # ---- one GRPO step -----------------------------------------------------------------------
+    def train_step(self, batch: GRPOBatch) -> dict[str, float]:
+        """mu updates on this rank's rows of the batch; metrics are the same on every rank."""
+        a, t = self.recipe.algorithm, self.recipe.train
+        num_sequences = batch.input_ids.shape[0]
+        num_tokens = int(batch.completion_mask.sum())
+        mine = batch.rows(self._my_rows(num_sequences))
+        needs_old = a.mu > 1 or a.tis_cap is not None
+        if needs_old:
+            mine.old_logp = self._score(self.model, mine)
+        if self.reference is not None:
+            mine.ref_logp = self._score(self.reference, mine)
+        metrics: dict[str, float] = {}
+        totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy_proxy": 0.0, "is_weight": 0.0}
+        skipped = 0
+        for _ in range(a.mu):
+            sums = dict.fromkeys(totals, 0.0)
+            for start in range(0, mine.input_ids.shape[0], t.micro_batch_size):
+                micro = mine.rows(slice(start, start + t.micro_batch_size))
+                logp, out = completion_logprobs(self.model, micro, self.recipe.rollout.temperature, self.info.device)
+                mask = micro.completion_mask.to(logp.device)
+                old = micro.old_logp.to(logp.device) if micro.old_logp is not None else logp.detach()
+                weights = None
+                if a.tis_cap is not None:
+                    weights = truncated_is_weights(micro.old_logp.to(logp.device), micro.rollout_logp.to(logp.device),
+                                                   a.tis_cap)
+                    sums["is_weight"] += float((weights * mask).sum())
+                ref = micro.ref_logp.to(logp.device) if micro.ref_logp is not None else None
+                loss, m = grpo_loss(logp, old, micro.advantages.to(logp.device), mask, self.loss_config, ref,
+                                    weights, num_sequences=num_sequences, num_tokens=num_tokens)
+                aux = getattr(out, "aux_loss", None)
+                if aux is not None and a.balance_loss:
+                    loss = loss + aux * micro.input_ids.shape[0] / num_sequences
+                loss.backward()
+                sums["loss"] += float(loss.detach())
+                sums["kl"] += m.get("kl", 0.0) * m["tokens"]
+                sums["clip_fraction"] += m["clip_fraction"] * m["tokens"]
+                sums["entropy_proxy"] += float(-(logp.detach() * mask).sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            loss_total = all_reduce_sum(sums["loss"], self.info)
+            if math.isfinite(grad_norm) and math.isfinite(loss_total):
+                self.optimizer.step()
+            else:
+                skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            for k in totals:
+                totals[k] += all_reduce_sum(sums[k], self.info) / a.mu
+            metrics["train/grad_norm"] = grad_norm
+        self.scheduler.step()
+        tokens = max(num_tokens, 1)
+        metrics.update({
+            "train/loss": totals["loss"],
+            "train/kl": totals["kl"] / tokens,
+            "train/clip_fraction": totals["clip_fraction"] / tokens,
+            "train/neg_logp_per_token": totals["entropy_proxy"] / tokens,
+            "train/skipped_updates": float(skipped),
+            "train/lr": self.scheduler.get_last_lr()[0],
+        })
+        if a.tis_cap is not None:
+            metrics["train/is_weight_mean"] = totals["is_weight"] / tokens
+        return metrics
+
+    # ---- weights and checkpoints ---------------------------------------------------------------
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Unsharded CPU tensors (on rank 0; None elsewhere). Every rank must call it."""
+        state = {}
+        for name, value in self.model.state_dict().items():
+            full = value.full_tensor() if hasattr(value, "full_tensor") else value
+            if self.info.is_main:
+                state[name] = full.detach().to("cpu", copy=True)
+        return state if self.info.is_main else None
+
+    def save(self, output_dir, step: int, driver_state: dict, keep: int) -> None:
+        save_checkpoint(output_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler, driver_state,
+                        self.info, keep=keep)
+
+    def load(self, folder) -> dict:
+        return load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.info)
+
+    def save_final(self, output_dir) -> str:
+        return str(save_final(output_dir, self.model, self.tokenizer, self.info))

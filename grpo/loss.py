@@ -1,0 +1,121 @@
+"""The GRPO policy loss, as a pure function of per-token log-probabilities.
+
+    loss = aggregate( -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) * w  +  beta * D )
+
+rho = pi_theta / pi_old per token (or one ratio per sequence, exp of the mean per-token log
+ratio, with `ratio_level="sequence"`: V2 §4.2 writes the sequence-level form); D is the k3
+estimator of KL(pi_theta || pi_ref) per token, in the loss and not in the reward (DSMath §4.1);
+w are optional truncated importance-sampling weights between the rollout engine and the learner.
+
+Aggregation over the (N, T) tokens that count (mask True):
+- "seq_mean": mean over sequences of each sequence's token mean (the GRPO paper, TRL "grpo");
+- "token_mean": sum over all tokens / number of tokens (DAPO, TRL "bnpo"/"dapo");
+- "constant": sum / (N * max_tokens) (Dr. GRPO, TRL "dr_grpo").
+To accumulate over micro-batches pass the whole batch's `num_sequences` / `num_tokens`: the
+micro-batch losses then add up to the loss of the whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Aggregation = Literal["seq_mean", "token_mean", "constant"]
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref): exp(x) - x - 1 with x = ref_logp - logp (>= 0)."""
+    x = ref_logp - logp
+    return torch.exp(x) - x - 1
+
+
+def truncated_is_weights(learner_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(pi_learner / pi_rollout, cap) per token, without gradient (corrects engine mismatch)."""
+    return torch.exp(learner_logp.detach() - rollout_logp.detach()).clamp(max=cap)
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.04
+    aggregation: Aggregation = "seq_mean"
+    ratio_level: Literal["token", "sequence"] = "token"
+    max_tokens: int | None = None  # for aggregation "constant"
+
+
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: Aggregation,
+    max_tokens: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: int | None = None,
+) -> torch.Tensor:
+    """Reduce per-token values (N, T) over the tokens where mask is True."""
+    mask = mask.to(per_token.dtype)
+    masked = per_token * mask
+    n = num_sequences if num_sequences is not None else per_token.shape[0]
+    if mode == "seq_mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / max(n, 1)
+    if mode == "token_mean":
+        tokens = num_tokens if num_tokens is not None else mask.sum().item()
+        return masked.sum() / max(tokens, 1)
+    if mode == "constant":
+        if not max_tokens:
+            raise ValueError("aggregation 'constant' needs max_tokens (the generation budget)")
+        return masked.sum() / (max(n, 1) * max_tokens)
+    raise ValueError(f"aggregation must be one of seq_mean, token_mean, constant; got {mode!r}")
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    config: LossConfig,
+    ref_logp: torch.Tensor | None = None,
+    is_weights: torch.Tensor | None = None,
+    num_sequences: int | None = None,
+    num_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, metrics) for one (micro-)batch.
+
+    logp, old_logp, ref_logp, is_weights: (N, T) per completion token; advantages: (N,) or (N, T)
+    (process supervision); mask: (N, T) bool, True = the token counts.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    mask_f = mask.to(logp.dtype)
+    log_ratio = logp - old_logp
+    if config.ratio_level == "sequence":
+        log_ratio = ((log_ratio * mask_f).sum(-1) / mask_f.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    ratio = torch.exp(log_ratio)
+    clipped = ratio.clamp(1 - config.eps_low, 1 + config.eps_high)
+    surrogate = torch.min(ratio * advantages, clipped * advantages)
+    if is_weights is not None:
+        surrogate = surrogate * is_weights
+    per_token = -surrogate
+    kl = None
+    if config.beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs ref_logp")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + config.beta * kl
+    per_token = per_token.expand_as(logp)
+    loss = aggregate(per_token, mask, config.aggregation, config.max_tokens, num_sequences, num_tokens)
+
+    with torch.no_grad():
+        count = mask_f.sum().clamp(min=1.0)
+        r = ratio.expand_as(logp)
+        is_clipped = ((r < 1 - config.eps_low) & (advantages < 0)) | ((r > 1 + config.eps_high) & (advantages > 0))
+        metrics = {
+            "clip_fraction": float((is_clipped.to(logp.dtype) * mask_f).sum() / count),
+            "ratio_mean": float((r * mask_f).sum() / count),
+            "tokens": float(mask_f.sum()),
+        }
+        if kl is not None:
+            metrics["kl"] = float((kl * mask_f).sum() / count)
+    return loss, metrics

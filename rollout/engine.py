@@ -1,0 +1,75 @@
+"""The rollout-engine interface GRPO drives: generate G samples per prompt, load new weights.
+
+A `Rollout` holds, per sample (prompt-major: sample j of prompt i is row i*G + j), the prompt
+and completion token ids, the log-probability of each completion token under the engine's
+sampling distribution (logits / temperature, before top-k / top-p), and why it stopped
+("stop": EOS or a stop string; "length": the token budget). A completion ends with the EOS
+token when the model emitted it, so the learner scores the decision to stop as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    """temperature 0 = greedy. stop: strings that end a completion (the string is kept)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    logprobs: list[list[float]]
+    finish_reasons: list[str]
+    texts: list[str]
+    seconds: float = 0.0
+    weights_version: int = 0
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+    def rows(self, index) -> Rollout:
+        index = list(index)
+        return Rollout([self.prompt_ids[i] for i in index], [self.completion_ids[i] for i in index],
+                       [self.logprobs[i] for i in index], [self.finish_reasons[i] for i in index],
+                       [self.texts[i] for i in index], self.seconds, self.weights_version)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / max(self.seconds, 1e-9)
+
+
+class RolloutEngine(Protocol):
+    name: str
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Rollout:
+        """n samples for each tokenised prompt."""
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        """Replace the policy weights (full, unsharded tensors by parameter name)."""
+
+
+def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
+    """A digest of names, shapes and the bit patterns of the values (summed as integers, fast
+    enough to run on every sync); sender and receiver compare it after a sync."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach()
+        bits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
+        total = int(t.contiguous().view(bits).sum(dtype=torch.int64)) if t.numel() else 0
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}{total};".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,158 @@
+"""The embedded rollout engine: batched sampling over a preallocated KV cache, on CPU or one GPU.
+
+- DeepSeek-V2 policies decode with the absorbed-MLA path over the 576-per-token latent cache
+  (policy/mla_decode.py); Llama-family models (SmolLM2) with rollout/kv_decode.py; any other
+  causal LM through its own forward and transformers' dynamic cache.
+- Each prompt is prefilled once and its cache copied to its G samples.
+- Rows stop on EOS or a stop string; finished rows are dropped from the batch (the cache is
+  compacted) once a quarter of the active rows have finished, so the batch does not carry dead
+  rows to the end.
+- MoE layers run every expert on every decode token (policy/experts.py: dense_experts_forward):
+  with a few tokens per step that one batched matmul beats grouped matmuls over tiny groups.
+  The engine owns its model: give it its own copy, not the learner's.
+- Sampling: temperature / top-k / top-p, seeded by `SamplingConfig.seed`. The log-probability
+  stored per token is under logits / temperature (before top-k / top-p), the distribution the
+  learner re-scores.
+- `dtype`: the engine may hold its own copy of the weights in another dtype (bfloat16 runs on
+  CPUs with AMX); the learner's log-probs then differ slightly, which truncated importance
+  sampling corrects.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from policy.generate import left_pad, sample_next
+from policy.mla_decode import LatentKVCache, MLADecoder
+from rollout.engine import Rollout, SamplingConfig
+from rollout.kv_decode import SUPPORTED, KVCache, LlamaDecoder
+
+
+class _HFDecoder:
+    """Fallback for other architectures: the model's forward with transformers' dynamic cache."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def allocate(self, batch: int, max_len: int):
+        return {"past": None, "valid": torch.zeros(batch, 0, dtype=torch.bool), "length": 0}
+
+    @torch.no_grad()
+    def forward(self, input_ids, cache, valid=None, last_only=False):
+        if valid is None:
+            valid = torch.ones_like(input_ids, dtype=torch.bool)
+        cache["valid"] = torch.cat([cache["valid"], valid.cpu()], dim=1)
+        seen = cache["valid"][:, : cache["length"]].sum(1, keepdim=True)
+        positions = (seen + valid.long().cpu().cumsum(1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=cache["valid"].long().to(input_ids.device),
+                         position_ids=positions.to(input_ids.device), past_key_values=cache["past"], use_cache=True,
+                         logits_to_keep=1 if last_only else 0)
+        cache["past"] = out.past_key_values
+        cache["length"] += input_ids.shape[1]
+        return out.logits
+
+
+def _repeat_rows(cache, n: int):
+    if isinstance(cache, LatentKVCache):
+        return LatentKVCache(cache.latent.repeat_interleave(n, 1), cache.rope_key.repeat_interleave(n, 1),
+                             cache.valid.repeat_interleave(n, 0), cache.length)
+    if isinstance(cache, KVCache):
+        return cache.repeat_rows(n)
+    return None
+
+
+def _select_rows(cache, rows: torch.Tensor):
+    if isinstance(cache, LatentKVCache):
+        return LatentKVCache(cache.latent[:, rows], cache.rope_key[:, rows], cache.valid[rows], cache.length)
+    if isinstance(cache, KVCache):
+        return cache.select(rows)
+    return None
+
+
+class LocalEngine:
+    """RolloutEngine over an in-memory Hugging Face causal LM (ours or any other)."""
+
+    name = "local"
+
+    def __init__(self, model, tokenizer, dtype: torch.dtype | None = None, absorbed: bool = True):
+        self.model = model.to(dtype) if dtype is not None else model
+        self.model.eval()
+        self.tokenizer = tokenizer
+        self.version = 0
+        kind = model.config.model_type
+        if kind == "deepseek_v2":
+            for moe in self.model.moe_layers():  # the engine owns its model: decode runs experts densely
+                moe.options = replace(moe.options, expert_impl="dense", router_stats=False)
+            self.decoder, self.engine = MLADecoder(self.model, absorbed), "absorbed-mla" if absorbed else "naive-mla"
+        elif kind in SUPPORTED:
+            self.decoder, self.engine = LlamaDecoder(self.model), "kv-decode"
+        else:
+            self.decoder, self.engine = _HFDecoder(self.model), "hf-forward"
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        dtype = next(self.model.parameters()).dtype
+        self.model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
+        if hasattr(self.decoder, "refresh"):
+            self.decoder.refresh()
+        self.version = version
+
+    def _stopped_by_string(self, tokens: list[int], stop: list[str]) -> bool:
+        tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
+        return any(s in tail for s in stop)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Rollout:
+        start = time.perf_counter()
+        device = self.model.get_input_embeddings().weight.device
+        total = len(prompts) * n
+        ids, valid = left_pad(prompts, self.pad_id)
+        cache = self.decoder.allocate(len(prompts), ids.shape[1] + sampling.max_new_tokens)
+        logits = self.decoder.forward(ids.to(device), cache, valid.to(device), last_only=True)[:, -1]
+        if n > 1:
+            repeated = _repeat_rows(cache, n)
+            if repeated is None:  # no cheap cache copy: prefill every sample
+                ids, valid = ids.repeat_interleave(n, 0), valid.repeat_interleave(n, 0)
+                cache = self.decoder.allocate(total, ids.shape[1] + sampling.max_new_tokens)
+                logits = self.decoder.forward(ids.to(device), cache, valid.to(device), last_only=True)[:, -1]
+            else:
+                cache, logits = repeated, logits.repeat_interleave(n, 0)
+
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+        completions: list[list[int]] = [[] for _ in range(total)]
+        logprobs: list[list[float]] = [[] for _ in range(total)]
+        reasons = ["length"] * total
+        active = torch.arange(total)  # the sample each cache row holds
+        running = torch.ones(total, dtype=torch.bool)  # per cache row: still generating
+        finished_since_compaction = 0
+        for _ in range(sampling.max_new_tokens):
+            token = sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
+            scaled = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
+            token_lp = scaled.log_softmax(-1).gather(1, token.unsqueeze(1)).squeeze(1)
+            for row, (sample, t, lp) in enumerate(zip(active.tolist(), token.tolist(), token_lp.tolist())):
+                if not running[row]:
+                    continue
+                completions[sample].append(t)
+                logprobs[sample].append(lp)
+                if t == self.eos_id or (sampling.stop and self._stopped_by_string(completions[sample], sampling.stop)):
+                    reasons[sample] = "stop"
+                    running[row] = False
+                    finished_since_compaction += 1
+            if not bool(running.any()):
+                break
+            if finished_since_compaction * 4 >= len(active):
+                keep = running.nonzero().squeeze(1)
+                compacted = _select_rows(cache, keep.to(device))
+                if compacted is not None:
+                    cache, active, running, token = compacted, active[keep], running[keep], token[keep.to(device)]
+                    finished_since_compaction = 0
+            token = torch.where(running.to(device), token, torch.full_like(token, self.pad_id))
+            logits = self.decoder.forward(token.unsqueeze(1), cache, running.unsqueeze(1).to(device),
+                                          last_only=True)[:, -1]
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        prompt_rows = [list(p) for p in prompts for _ in range(n)]
+        return Rollout(prompt_rows, completions, logprobs, reasons, texts, time.perf_counter() - start, self.version)

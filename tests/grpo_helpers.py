@@ -1,0 +1,42 @@
+"""Reward functions the GRPO fault tests plug in by `tests.grpo_helpers:name`."""
+
+import os
+import signal
+from pathlib import Path
+
+
+def length_reward(prompts, completions, **_):
+    """Longer completions score higher."""
+    return [float(len(c)) / 10 for c in completions]
+
+
+def sevens_reward(prompts, completions, **_):
+    """The fraction of characters that are '7': any policy can learn this in a few steps."""
+    return [c.count("7") / max(len(c), 1) for c in completions]
+
+
+def broken_reward(prompts, completions, **_):
+    if len(completions) > 1:
+        raise ValueError("batch failed")
+    if "+" in prompts[0]:
+        raise ValueError("cannot score this one")
+    return [0.0]
+
+
+def infinite_reward(prompts, completions, **_):
+    return [float("inf") if i == 0 else 0.0 for i in range(len(completions))]
+
+
+def kill_rollout_once(prompts, completions, marker=None, **_):
+    """SIGKILLs rollout worker 0's process the first time it is called (marker: a file path)."""
+    if not Path(marker).exists():
+        import gc
+
+        import ray
+
+        from grpo.driver import Workers
+
+        Path(marker).write_text("killed")
+        workers = next(o for o in gc.get_objects() if isinstance(o, Workers))
+        os.kill(ray.get(workers.rollout[0].actor.pid.remote()), signal.SIGKILL)
+    return [float(len(c)) / 10 for c in completions]

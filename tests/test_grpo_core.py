@@ -1,0 +1,158 @@
+"""GRPO's pure functions against hand-computed values, and the loss against TRL's GRPOTrainer."""
+
+import math
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from grpo.advantages import group_advantages, process_advantages
+from grpo.loss import LossConfig, aggregate, grpo_loss, k3_kl, truncated_is_weights
+from grpo.sampling import informative_groups, overlong_mask
+
+
+def test_group_advantages_by_hand():
+    # group [1, 0, 0, 1]: mean 0.5, sample std sqrt(4*0.25/3) = 0.57735 -> +-0.5/0.57745
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    adv = group_advantages(rewards)
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-4)
+    assert torch.allclose(adv[0], torch.tensor([a, -a, -a, a]), atol=1e-6)
+    assert torch.equal(adv[1], torch.zeros(4))  # identical rewards: zero advantage
+    # Dr. GRPO: centred only
+    assert torch.allclose(group_advantages(rewards, "none")[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    # batch scale: std over all 8 rewards [1,0,0,1,2,2,2,2]: mean 1.25, var = (2*.0625+2*1.5625+4*.5625)/7
+    std = math.sqrt((2 * 0.0625 + 2 * 1.5625 + 4 * 0.5625) / 7)
+    assert torch.allclose(group_advantages(rewards, "batch")[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (std + 1e-4))
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(rewards, "median")
+
+
+def test_process_advantages_by_hand():
+    # sample 0: steps ending at tokens 1 and 3 with rewards 1, 0; sample 1: one step ending at 2, reward 0.5
+    # all step rewards [1, 0, 0.5]: mean 0.5, std 0.5 -> normalised [1, -1, 0] (eps 0)
+    adv = process_advantages([[1.0, 0.0], [0.5]], [[1, 3], [2]], length=5, eps=0.0)
+    # token t of sample 0 sums steps ending at >= t: t0,t1 -> 1 + -1 = 0; t2,t3 -> -1; t4 -> 0
+    assert torch.allclose(adv[0], torch.tensor([0.0, 0.0, -1.0, -1.0, 0.0]))
+    assert torch.allclose(adv[1], torch.zeros(5))
+
+
+def test_k3_kl_by_hand_and_gradient():
+    logp = torch.tensor([math.log(0.5), math.log(0.25)], requires_grad=True)
+    ref = torch.tensor([math.log(0.25), math.log(0.25)])
+    kl = k3_kl(logp, ref)
+    # x = log(0.25/0.5) = -log 2: 0.5 + log 2 - 1 = 0.19315; x = 0 -> 0
+    assert torch.allclose(kl, torch.tensor([0.5 + math.log(2) - 1, 0.0]), atol=1e-6)
+    kl.sum().backward()
+    # dD/dlogp = 1 - pi_ref/pi = 1 - 0.5 ; 0
+    assert torch.allclose(logp.grad, torch.tensor([0.5, 0.0]), atol=1e-6)
+
+
+def test_clipped_surrogate_by_hand():
+    # log ratio 0.5 everywhere: ratio e^0.5 = 1.6487, clipped to 1.2 (eps_high 0.2) for A > 0;
+    # for A < 0 min(1.6487 * -1, 1.2 * -1) = -1.6487 (not clipped)
+    logp = torch.full((2, 2), 0.5)
+    old = torch.zeros(2, 2)
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[True, True], [True, False]])
+    loss, metrics = grpo_loss(logp, old, adv, mask, LossConfig(beta=0.0))
+    # seq 0: -1.2 per token -> mean -1.2; seq 1: +1.6487 -> mean over 1 token; seq_mean = (-1.2 + 1.6487)/2
+    assert loss.item() == pytest.approx((-1.2 + math.exp(0.5)) / 2, abs=1e-6)
+    assert metrics["clip_fraction"] == pytest.approx(2 / 3)  # both tokens of seq 0 clipped
+    # clip-higher: eps_high 0.28 -> seq 0 uses 1.28
+    loss, _ = grpo_loss(logp, old, adv, mask, LossConfig(beta=0.0, eps_high=0.28))
+    assert loss.item() == pytest.approx((-1.28 + math.exp(0.5)) / 2, abs=1e-6)
+
+
+def test_aggregations_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    assert aggregate(per_token, mask, "seq_mean").item() == pytest.approx((2.0 + 4.0) / 2)
+    assert aggregate(per_token, mask, "token_mean").item() == pytest.approx(10.0 / 4)
+    assert aggregate(per_token, mask, "constant", max_tokens=5).item() == pytest.approx(10.0 / (2 * 5))
+    # micro-batches with the whole batch's counts add up to the whole batch's loss
+    halves = [aggregate(per_token[i:i + 1], mask[i:i + 1], "token_mean", num_tokens=4) for i in range(2)]
+    assert sum(h.item() for h in halves) == pytest.approx(2.5)
+    halves = [aggregate(per_token[i:i + 1], mask[i:i + 1], "seq_mean", num_sequences=2) for i in range(2)]
+    assert sum(h.item() for h in halves) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        aggregate(per_token, mask, "constant")
+
+
+def test_sequence_level_ratio_by_hand():
+    # log ratios [0.2, 0.4] (mean 0.3) -> one ratio e^0.3 = 1.3499 for the sequence, clipped to 1.2 for A=1
+    logp = torch.tensor([[0.2, 0.4]])
+    loss, _ = grpo_loss(logp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2, dtype=torch.bool),
+                        LossConfig(beta=0.0, ratio_level="sequence"))
+    assert loss.item() == pytest.approx(-1.2)
+    loss, _ = grpo_loss(logp, torch.zeros(1, 2), torch.tensor([-1.0]), torch.ones(1, 2, dtype=torch.bool),
+                        LossConfig(beta=0.0, ratio_level="sequence"))
+    assert loss.item() == pytest.approx(math.exp(0.3), abs=1e-6)
+
+
+def test_truncated_is_weights_and_masks():
+    w = truncated_is_weights(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]), cap=2.0)
+    assert torch.allclose(w, torch.tensor([1.0, 2.0]))  # e^1 = 2.718 capped at 2
+    logp = torch.zeros(1, 2, requires_grad=True)
+    loss, _ = grpo_loss(logp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2, dtype=torch.bool),
+                        LossConfig(beta=0.0), is_weights=torch.tensor([[0.5, 0.5]]))
+    assert loss.item() == pytest.approx(-0.5)
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    assert informative_groups(rewards).tolist() == [False, True, False]
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert overlong_mask(mask, torch.tensor([False, True])).tolist() == [[True] * 3, [False] * 3]
+
+
+def _trl_loss(logp, old, ref, adv, mask, beta, eps, loss_type="grpo", max_len=None):
+    """TRL's own GRPOTrainer._compute_loss on our tensors (a stub stands in for the trainer)."""
+    from trl import GRPOTrainer
+
+    metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    accel = SimpleNamespace(gather=lambda x: x, gather_for_metrics=lambda x: x, reduce=lambda x, reduction: x,
+                            num_processes=1, sync_gradients=True)
+    stub = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token",
+        beta=beta, loss_type=loss_type, epsilon_low=eps, epsilon_high=eps, use_vllm=False,
+        args=SimpleNamespace(use_bias_correction_kl=False, delta=None), model=SimpleNamespace(training=False),
+        current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False, aux_loss_enabled=False,
+        _metrics=metrics, accelerator=accel, max_completion_length=max_len,
+    )
+    n, t = logp.shape
+    inputs = {"prompt_ids": torch.zeros(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1),
+              "completion_ids": torch.zeros(n, t, dtype=torch.long), "completion_mask": mask.float(),
+              "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": ref}
+    return GRPOTrainer._compute_loss(stub, None, inputs), metrics["eval"]
+
+
+@pytest.mark.parametrize("aggregation,trl_type", [("seq_mean", "grpo"), ("token_mean", "bnpo"),
+                                                  ("constant", "dr_grpo")])
+def test_loss_matches_trl(aggregation, trl_type):
+    g = torch.Generator().manual_seed(0)
+    n, t = 8, 6
+    rewards = torch.randint(0, 2, (2, 4), generator=g).float()
+    adv = group_advantages(rewards, "group").flatten()
+    old = -torch.rand(n, t, generator=g) * 3
+    logp = (old + 0.3 * torch.randn(n, t, generator=g)).requires_grad_()
+    ref = old + 0.2 * torch.randn(n, t, generator=g)
+    mask = torch.rand(n, t, generator=g) > 0.3
+    mask[:, 0] = True
+    ours, metrics = grpo_loss(logp, old, adv, mask, LossConfig(beta=0.04, aggregation=aggregation, max_tokens=t),
+                              ref_logp=ref)
+    (grad_ours,) = torch.autograd.grad(ours, logp)
+    theirs, trl_metrics = _trl_loss(logp, old, ref, adv, mask, 0.04, 0.2, trl_type, max_len=t)
+    (grad_theirs,) = torch.autograd.grad(theirs, logp)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-7)
+    assert torch.allclose(grad_ours, grad_theirs, atol=1e-7)
+    assert metrics["kl"] == pytest.approx(trl_metrics["kl"][0], rel=1e-5)
+    assert metrics["clip_fraction"] == pytest.approx(trl_metrics["clip_ratio/region_mean"][0], rel=1e-5)
+
+
+def test_trl_advantage_formula():
+    # TRL: (r - mean_grouped) / (std_grouped + 1e-4), std unbiased, per group of num_generations
+    rewards = torch.tensor([0.3, 0.9, 0.1, 0.5, 1.0, 1.0, 0.0, 0.2])
+    grouped = rewards.view(-1, 4)
+    mean = grouped.mean(1).repeat_interleave(4)
+    std = grouped.std(1).repeat_interleave(4)
+    trl = (rewards - mean) / (std + 1e-4)
+    assert torch.allclose(group_advantages(grouped).flatten(), trl, atol=1e-6)

@@ -1,0 +1,96 @@
+"""The GRPO driver in one process (ray.enabled false): a run, exact resume, NaN skip, reward and
+recipe errors. tests/test_grpo_ray.py runs the same driver on Ray with faults."""
+
+import json
+
+import pytest
+import torch
+
+from deepalign.cli import main
+from deepalign.recipe import RecipeError, recipe_from_dict
+from grpo.config import GRPORecipe
+from grpo.driver import run
+from rewards.combine import RewardError
+from sft.checkpoint import list_checkpoints
+
+
+def _recipe(tmp_path, name="run", **sections):
+    data = {
+        "policy": {"name": "tiny"},
+        "data": {"source": "builtin:arithmetic", "num_prompts": 40, "eval_prompts": 4, "max_digits": 1},
+        "rewards": [{"name": "tests.grpo_helpers:length_reward"}],
+        "algorithm": {"group_size": 4, "prompts_per_step": 2},
+        "rollout": {"max_new_tokens": 8},
+        "ray": {"enabled": False},
+        "train": {"output_dir": str(tmp_path / name), "steps": 3, "lr": 1e-3, "micro_batch_size": 4},
+        "log": {"every": 1, "progress": False, "tensorboard": False},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe_from_dict(GRPORecipe, data)
+
+
+def _weights(folder):
+    from policy.load import load_policy
+
+    return load_policy(str(folder))[0].state_dict()
+
+
+def test_run_improves_an_easy_reward_and_writes_eval(tmp_path):
+    recipe = _recipe(tmp_path, train={"steps": 8, "lr": 1e-2}, algorithm={"beta": 0.0, "prompts_per_step": 4},
+                     rewards=[{"name": "tests.grpo_helpers:sevens_reward", "alias": "sevens"}])
+    final = run(recipe)
+    history = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert (final / "config.json").exists()
+    assert set(history) == {"start", "end"} and "eval/sevens" in history["end"]
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 9))
+    first, last = steps[0]["reward/mean"] + steps[1]["reward/mean"], steps[-1]["reward/mean"] + steps[-2]["reward/mean"]
+    assert last > 2 * first  # more sevens: the policy learned the reward
+
+
+def test_resume_is_exact(tmp_path):
+    straight = run(_recipe(tmp_path, "a"))
+    interrupted = _recipe(tmp_path, "b", train={"steps": 2, "save_every": 1})
+    run(interrupted)
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-0000001"]
+    resumed = run(_recipe(tmp_path, "b", train={"steps": 3, "save_every": 1}))
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_skips_the_update(tmp_path):
+    from grpo.batch import GRPOBatch
+    from grpo.learner import Learner
+
+    learner = Learner(_recipe(tmp_path))
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    batch = GRPOBatch(torch.randint(3, 200, (2, 6)), torch.ones(2, 6, dtype=torch.bool),
+                      torch.ones(2, 3, dtype=torch.bool), torch.tensor([float("nan"), 1.0]), torch.zeros(2, 3))
+    metrics = learner.train_step(batch)
+    assert metrics["train/skipped_updates"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in learner.model.state_dict().items())
+
+
+def test_failing_reward_names_reward_and_sample(tmp_path):
+    recipe = _recipe(tmp_path, rewards=[{"name": "tests.grpo_helpers:broken_reward", "alias": "broken"}])
+    with pytest.raises(RewardError, match=r"reward 'broken' failed on sample \d+: ValueError: cannot score"):
+        run(recipe)
+
+
+def test_bad_recipe_rejected_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("algorithm: {group_size: 1}\n")
+    assert main(["grpo", str(path)]) == 2
+    assert "algorithm.group_size must be at least 2" in capsys.readouterr().err
+    path.write_text("algorithm: {group_sise: 4}\n")
+    assert main(["grpo", str(path)]) == 2
+    assert "unknown key 'algorithm.group_sise'" in capsys.readouterr().err
+    path.write_text("rewards: [{name: no_such_reward}]\n")
+    assert main(["grpo", str(path)]) == 2
+    assert "unknown reward 'no_such_reward'" in capsys.readouterr().err
+    assert not ray.is_initialized()
+    with pytest.raises(RecipeError, match="group_size"):
+        run(_recipe(tmp_path, algorithm={"group_size": 1}))
