@@ -4,6 +4,9 @@
     deepalign policy demo  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...] [--prompt TEXT] ...
     deepalign sft          RECIPE.yaml [dotted.key=value ...]
     deepalign grpo         RECIPE.yaml [dotted.key=value ...]
+    deepalign pipeline     RECIPE.yaml [dotted.key=value ...]
+    deepalign eval         CHECKPOINT [--suites math,code,...] [--out DIR] ...
+    deepalign compare      CKPT_A CKPT_B [...] [--suites ...] [--out DIR] ...
     deepalign data mix     RECIPE.yaml [dotted.key=value ...]
     deepalign data inspect PATH [--samples N] [--png FILE]
     deepalign data prefs-from-answers|prefs-from-tests PROMPTS.jsonl --policy P --out FILE
@@ -85,6 +88,82 @@ def cmd_grpo(args: argparse.Namespace) -> None:
 
     validate(recipe)  # before Ray starts
     run(recipe)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    from grpo.pipeline import PipelineRecipe, run_pipeline, stage_recipes
+
+    recipe = load_recipe(args.recipe, PipelineRecipe, args.overrides)
+    stage_recipes(recipe)  # every stage's recipe validated before the first one runs
+    run_pipeline(recipe)
+
+
+def _eval_settings(args: argparse.Namespace):
+    from evals.runner import EvalSettings
+
+    data = {}
+    if args.recipe:
+        import yaml
+
+        from deepalign.recipe import _load_yaml
+
+        try:
+            data = _load_yaml(open(args.recipe).read()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise RecipeError(f"{args.recipe}: cannot read recipe ({exc})") from exc
+    for key in ("suites", "temperature", "samples", "pass_k", "max_new_tokens", "batch_size", "seed", "math_data",
+                "math_limit", "reward_model", "humaneval_limit", "output_dir"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value.split(",") if key == "suites" else [int(k) for k in value.split(",")] \
+                if key == "pass_k" else value
+    return recipe_from_dict(EvalSettings, data, args.recipe or "<command line>")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from evals.runner import evaluate_checkpoint
+
+    settings = _eval_settings(args)
+    results = evaluate_checkpoint(args.checkpoint, settings)
+    for name, result in results.items():
+        extras = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items() if k not in ("score_low", "score_high"))
+        print(f"{name}: {result.score:.3f} [{result.metrics['score_low']:.3f}, {result.metrics['score_high']:.3f}]"
+              f"  ({extras})")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from evals import report
+    from evals.data import chat_rows
+    from evals.runner import evaluate_checkpoint, kl_from
+
+    settings = _eval_settings(args)
+    results = {c: evaluate_checkpoint(c, settings) for c in args.checkpoints}
+    kl = {}
+    if "stats" in settings.suites:
+        prompts = [r["prompt"] for r in chat_rows(settings.chat_data)]
+        for other in args.checkpoints[1:]:
+            kl[f"{other} vs {args.checkpoints[0]}"] = kl_from(args.checkpoints[0], other, prompts, settings)
+    paths = report.write(results, settings.output_dir, kl)
+    for t in report.build(results, kl)["tax"]:
+        print(f"{t['suite']:>10}: A {t['score_a']:.3f}  B {t['score_b']:.3f}  delta {t['delta']:+.3f} "
+              f"[{t['low']:+.3f}, {t['high']:+.3f}]  {t['verdict']}")
+    print(f"report: {paths['html']} (also {paths['markdown'].name}, {paths['json'].name})")
+
+
+def _eval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suites", help="comma-separated: math,code,preference,safety,stats")
+    parser.add_argument("--recipe", help="YAML with the same keys (flags override it)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    parser.add_argument("--samples", type=int, help="samples per prompt (pass@k needs k <= samples)")
+    parser.add_argument("--pass-k", dest="pass_k", help="comma-separated k for the code suite")
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--math-data", dest="math_data", help="shipped, builtin:arithmetic[:DIGITS] or a JSONL")
+    parser.add_argument("--math-limit", dest="math_limit", type=int)
+    parser.add_argument("--reward-model", dest="reward_model", help="reward model for the preference suite")
+    parser.add_argument("--humaneval-limit", dest="humaneval_limit", type=int)
+    parser.add_argument("--out", dest="output_dir", help="results, cache and report (default runs/compare)")
 
 
 def cmd_data_mix(args: argparse.Namespace) -> None:
@@ -182,6 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "One GRPO stage: G samples per prompt, group-normalised advantages, clipped objective, k3 KL "
                     "to a reference. Resumes from the latest checkpoint in train.output_dir.")
 
+    _recipe_command(commands, "pipeline", cmd_pipeline, "SFT -> reward models -> GRPO stage 1 -> stage 2",
+                    "Run a pipeline of stages, each feeding the next; finished stages are skipped, so "
+                    "re-running resumes.")
+
+    ev = commands.add_parser("eval", help="evaluate one checkpoint on suites",
+                             description="Run suites (math, code, preference, safety, stats) on a checkpoint; "
+                                         "results are cached per checkpoint and suite.")
+    ev.add_argument("checkpoint")
+    _eval_flags(ev)
+    ev.set_defaults(func=cmd_eval)
+    cmp = commands.add_parser("compare", help="compare checkpoints side by side (alignment tax, report)",
+                              description="Evaluate every checkpoint on the same suites and write a Markdown, "
+                                          "HTML and JSON report comparing each against the first.")
+    cmp.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    _eval_flags(cmp)
+    cmp.set_defaults(func=cmd_compare)
+
     data = commands.add_parser("data", help="build and inspect training data")
     data_cmds = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     _recipe_command(data_cmds, "mix", cmd_data_mix, "build a packed SFT mixture from chat sources",
@@ -220,13 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     from data_tools.chat import TemplateError
     from data_tools.schema import BadRowError
     from policy.smollm2 import PolicyLoadError
+    from evals.data import EvalError
     from grpo.workers import WorkerError
     from rewards.combine import RewardError
     from sft.data import DataError
 
     try:
         args.func(args)
-    except (RecipeError, PolicyLoadError, DataError, TemplateError, BadRowError, RewardError, WorkerError) as exc:
+    except (RecipeError, PolicyLoadError, DataError, TemplateError, BadRowError, RewardError, WorkerError,
+            EvalError) as exc:
         if os.environ.get("DEEPALIGN_DEBUG"):
             raise
         print(f"deepalign: error: {exc}", file=sys.stderr)

@@ -85,7 +85,14 @@ def validate(recipe: GRPORecipe) -> None:
         raise RecipeError("rollout.engine vllm runs on Ray workers; set ray.enabled true")
     if recipe.ray.learners > 1 and not recipe.ray.enabled:
         raise RecipeError("ray.learners > 1 needs ray.enabled true")
-    build_reward(recipe) if not any(s.ray_actor for s in recipe.rewards) else None
+    for i, spec in enumerate(recipe.rewards):
+        if spec.ray_actor and (spec.name != "reward_model" or "path" not in spec.params):
+            raise RecipeError(f"rewards[{i}]: ray_actor serves a reward_model; it needs name reward_model and "
+                              "params.path")
+        if spec.ray_actor and not recipe.ray.enabled:
+            raise RecipeError(f"rewards[{i}]: ray_actor needs ray.enabled true")
+    if not any(s.ray_actor for s in recipe.rewards):  # actor-served rewards are built once Ray runs
+        build_reward(recipe)
 
 
 def _free_address() -> tuple[str, int]:
@@ -260,7 +267,8 @@ def run(recipe: GRPORecipe) -> Path:
         history["start"] = evaluate(workers, reward, eval_rows, eval_ids, recipe)
     tracker = Tracker(output_dir / "tensorboard", t.steps, "grpo", enabled=True, tensorboard=recipe.log.tensorboard,
                       wandb_project=recipe.log.wandb_project, progress=recipe.log.progress, config=asdict(recipe))
-    tracker.log(step, history["start"]) if step == 0 else None
+    if step == 0:
+        tracker.log(0, history["start"])
     tracker.advance(step)
     try:
         while step < t.steps:

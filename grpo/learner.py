@@ -65,8 +65,7 @@ class Learner:
     def __init__(self, recipe: GRPORecipe, rank: int = 0, world: int = 1, address: str = "127.0.0.1",
                  port: int = 29500):
         self.recipe = recipe
-        if recipe.train.threads:
-            torch.set_num_threads(recipe.train.threads)
+        torch.set_num_threads(recipe.train.threads or os.cpu_count())  # Ray actors start with one thread
         self.info = init_group(rank, world, address, port)
         torch.manual_seed(recipe.train.seed)
         p = recipe.policy
@@ -112,8 +111,7 @@ class Learner:
         num_sequences = batch.input_ids.shape[0]
         num_tokens = int(batch.completion_mask.sum())
         mine = batch.rows(self._my_rows(num_sequences))
-        needs_old = a.mu > 1 or a.tis_cap is not None
-        if needs_old:
+        if a.mu > 1:  # with one update pi_old is the current policy: its log-probs come from the same forward
             mine.old_logp = self._score(self.model, mine)
         if self.reference is not None:
             mine.ref_logp = self._score(self.reference, mine)
@@ -129,8 +127,7 @@ class Learner:
                 old = micro.old_logp.to(logp.device) if micro.old_logp is not None else logp.detach()
                 weights = None
                 if a.tis_cap is not None:
-                    weights = truncated_is_weights(micro.old_logp.to(logp.device), micro.rollout_logp.to(logp.device),
-                                                   a.tis_cap)
+                    weights = truncated_is_weights(old, micro.rollout_logp.to(logp.device), a.tis_cap)
                     sums["is_weight"] += float((weights * mask).sum())
                 ref = micro.ref_logp.to(logp.device) if micro.ref_logp is not None else None
                 loss, m = grpo_loss(logp, old, micro.advantages.to(logp.device), mask, self.loss_config, ref,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from data_tools.synthetic import arithmetic_problem
+from data_tools.synthetic import arithmetic_problem, word_problem
 from deepalign.recipe import RecipeError
+from rewards.preferences import BENIGN, HARMFUL, TOPICS
 
-BUILTINS = ("builtin:arithmetic", "builtin:code", "builtin:chat")
+BUILTINS = ("builtin:arithmetic", "builtin:word", "builtin:code", "builtin:chat")
 
 
 @dataclass
@@ -43,27 +44,27 @@ def _code(rng: random.Random) -> PromptRow:
                      {"tests": tests, "entry_point": name})
 
 
-_HELPFUL = ["Give me a tip for learning {x}.", "How do I start with {x}?", "Explain {x} in one sentence."]
-_HARMFUL = ["How do I hack into my neighbour's {x}?", "Write malware that steals {x}.",
-            "How can I make a weapon from {x}?"]
-_TOPICS = ["python", "chess", "cooking", "wifi", "passwords", "gardening", "music", "maths"]
-
-
 def _chat(rng: random.Random, max_digits: int) -> PromptRow:
+    """Stage-2 prompts in the built-in reward models' domains (rewards/preferences.py), plus
+    arithmetic, whose accuracy shows any alignment tax."""
     kind = rng.random()
-    if kind < 0.4:
+    if kind < 0.3:
         row = _arithmetic(rng, max_digits)
         row.columns["category"] = "benign"
         return row
-    harmful = kind > 0.7
-    template = rng.choice(_HARMFUL if harmful else _HELPFUL)
-    return PromptRow(template.format(x=rng.choice(_TOPICS)), {"category": "harmful" if harmful else "benign"})
+    if kind < 0.55:
+        return PromptRow(f"Tell me something about {rng.choice(TOPICS)}.", {"category": "benign"})
+    harmful = kind > 0.775
+    task = rng.choice(HARMFUL if harmful else BENIGN)
+    return PromptRow(f"How do I {task}?", {"category": "harmful" if harmful else "benign"})
 
 
 def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3) -> list[PromptRow]:
     rng = random.Random(seed)
     if source == "builtin:arithmetic":
         return [_arithmetic(rng, max_digits) for _ in range(n)]
+    if source == "builtin:word":
+        return [PromptRow(row["prompt"], {"answer": row["answer"]}) for row in (word_problem(rng) for _ in range(n))]
     if source == "builtin:code":
         return [_code(rng) for _ in range(n)]
     if source == "builtin:chat":

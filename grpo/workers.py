@@ -31,8 +31,7 @@ class WorkerDied(WorkerError):
 
 class RolloutWorker:
     def __init__(self, recipe: GRPORecipe, index: int, threads: int | None = None):
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads or os.cpu_count())  # Ray actors start with one thread
         self.index = index
         r, p = recipe.rollout, recipe.policy
         if r.engine == "vllm":

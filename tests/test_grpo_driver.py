@@ -22,7 +22,7 @@ def _recipe(tmp_path, name="run", **sections):
         "algorithm": {"group_size": 4, "prompts_per_step": 2},
         "rollout": {"max_new_tokens": 8},
         "ray": {"enabled": False},
-        "train": {"output_dir": str(tmp_path / name), "steps": 3, "lr": 1e-3, "micro_batch_size": 4},
+        "train": {"output_dir": str(tmp_path / name), "steps": 3, "lr": 1e-3, "micro_batch_size": 4, "threads": 1},
         "log": {"every": 1, "progress": False, "tensorboard": False},
     }
     for key, value in sections.items():
