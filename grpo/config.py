@@ -80,18 +80,25 @@ class RolloutConfig:
 @dataclass
 class RayConfig:
     """enabled false runs every worker in the driver's process (tests, debugging).
-    placement: colocated = rollout workers and learners share the devices; split = their own."""
+    placement: colocated = rollout workers and learners share the devices; split = they get their
+    own; hybrid = the rollout engine lives in the (single) learner's process on its own copy of
+    the weights, so a sync is an in-memory copy (the paper's "hybrid engine"; rollout.workers
+    is then unused)."""
 
     enabled: bool = True
     address: str | None = None
-    placement: Literal["colocated", "split"] = "colocated"
+    placement: Literal["colocated", "split", "hybrid"] = "colocated"
     num_cpus: int | None = None
     learners: int = 1
 
 
 @dataclass
 class GRPOTrainConfig:
+    """mixed_precision bf16: the learner's forward passes (policy and reference) run under
+    torch.autocast in bfloat16 over fp32 weights and optimiser (AMX CPUs and GPUs); no: fp32."""
+
     output_dir: str = "runs/grpo"
+    mixed_precision: Literal["no", "bf16"] = "no"
     steps: int = 100
     lr: float = 1e-6
     weight_decay: float = 0.0

@@ -85,6 +85,9 @@ def validate(recipe: GRPORecipe) -> None:
         raise RecipeError("rollout.engine vllm runs on Ray workers; set ray.enabled true")
     if recipe.ray.learners > 1 and not recipe.ray.enabled:
         raise RecipeError("ray.learners > 1 needs ray.enabled true")
+    if recipe.ray.placement == "hybrid" and (recipe.ray.learners > 1 or r.engine != "local"):
+        raise RecipeError("ray.placement hybrid runs our local engine inside a single learner "
+                          "(ray.learners: 1, rollout.engine: local)")
     for i, spec in enumerate(recipe.rewards):
         if spec.ray_actor and (spec.name != "reward_model" or "path" not in spec.params):
             raise RecipeError(f"rewards[{i}]: ray_actor serves a reward_model; it needs name reward_model and "
@@ -150,7 +153,12 @@ class Workers:
         address, port = _free_address() if world > 1 else ("127.0.0.1", 0)
         self.learners = [Handle(f"learner {i}", LearnerWorker, (recipe, i, world, address, port), learner_opts)
                          for i in range(world)]
-        self.rollout = [self._spawn_rollout(i) for i in range(recipe.rollout.workers)]
+        self.hybrid = recipe.ray.placement == "hybrid"
+        if self.hybrid:
+            self.learners_call("start_engine")
+            self.rollout = self.learners  # generation runs in the learner's process
+        else:
+            self.rollout = [self._spawn_rollout(i) for i in range(recipe.rollout.workers)]
         self.restarts = [0] * len(self.rollout)
         self.published: dict | None = None
         self.version = -1
@@ -165,6 +173,10 @@ class Workers:
     def sync(self, version: int) -> float:
         """Publish the learners' weights and load them on every rollout worker; returns seconds."""
         start = time.perf_counter()
+        if self.hybrid:
+            self.learners_call("sync_engine", version, timeout=self.recipe.rollout.sync_timeout_s)
+            self.version = version
+            return time.perf_counter() - start
         self.published = self.learners_call("publish_weights", self.use_ray)[0]
         self._load(list(range(len(self.rollout))), version)
         self.version = version
@@ -188,6 +200,8 @@ class Workers:
                 parts = gather(futures, self.recipe.rollout.generate_timeout_s, "rollout.generate")
                 break
             except WorkerDied as exc:
+                if self.hybrid:
+                    raise WorkerError(f"{exc}: the learner hosting the engine died (placement hybrid)") from exc
                 dead = [i for i, w in enumerate(self.rollout) if not self._alive(w)]
                 if not dead or any(self.restarts[i] >= self.recipe.rollout.restarts for i in dead):
                     raise WorkerError(f"{exc}; restarts exhausted (rollout.restarts={self.recipe.rollout.restarts})") \

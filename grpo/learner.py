@@ -90,6 +90,10 @@ class Learner:
                                       recipe.rollout.max_new_tokens)
 
     # ---- scoring -------------------------------------------------------------------------
+    def _autocast(self):
+        enabled = self.recipe.train.mixed_precision == "bf16"
+        return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=enabled)
+
     def _my_rows(self, n: int) -> slice:
         per = math.ceil(n / self.info.world_size)
         return slice(self.info.rank * per, min(n, (self.info.rank + 1) * per))
@@ -99,8 +103,9 @@ class Learner:
         mb = self.recipe.train.micro_batch_size
         was_training = model.training
         model.eval()
-        parts = [completion_logprobs(model, batch.rows(slice(i, i + mb)), self.recipe.rollout.temperature,
-                                     self.info.device)[0].cpu() for i in range(0, batch.input_ids.shape[0], mb)]
+        with self._autocast():
+            parts = [completion_logprobs(model, batch.rows(slice(i, i + mb)), self.recipe.rollout.temperature,
+                                         self.info.device)[0].cpu() for i in range(0, batch.input_ids.shape[0], mb)]
         model.train(was_training)
         return torch.cat(parts)
 
@@ -122,7 +127,9 @@ class Learner:
             sums = dict.fromkeys(totals, 0.0)
             for start in range(0, mine.input_ids.shape[0], t.micro_batch_size):
                 micro = mine.rows(slice(start, start + t.micro_batch_size))
-                logp, out = completion_logprobs(self.model, micro, self.recipe.rollout.temperature, self.info.device)
+                with self._autocast():
+                    logp, out = completion_logprobs(self.model, micro, self.recipe.rollout.temperature,
+                                                    self.info.device)
                 mask = micro.completion_mask.to(logp.device)
                 old = micro.old_logp.to(logp.device) if micro.old_logp is not None else logp.detach()
                 weights = None
@@ -167,12 +174,13 @@ class Learner:
 
     # ---- weights and checkpoints ---------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Unsharded CPU tensors (on rank 0; None elsewhere). Every rank must call it."""
+        """Unsharded CPU tensors (on rank 0; None elsewhere). Every rank must call it. On CPU these are
+        the live parameters, not copies: the caller serialises or loads them before the next update."""
         state = {}
         for name, value in self.model.state_dict().items():
             full = value.full_tensor() if hasattr(value, "full_tensor") else value
             if self.info.is_main:
-                state[name] = full.detach().to("cpu", copy=True)
+                state[name] = full.detach().to("cpu")
         return state if self.info.is_main else None
 
     def save(self, output_dir, step: int, driver_state: dict, keep: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from data_tools.synthetic import arithmetic_problem, word_problem
+from data_tools.synthetic import HELD_OUT_SEED, arithmetic_problem, word_problem
 from deepalign.recipe import RecipeError
 from rewards.preferences import BENIGN, HARMFUL, TOPICS
 
@@ -75,7 +75,7 @@ def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3) -> list
 def load_prompts(source: str, n: int, eval_n: int, seed: int, max_digits: int = 3) -> tuple[list[PromptRow], list[PromptRow]]:
     """(train, eval) prompt rows; eval prompts never appear in train."""
     if source.startswith("builtin:"):
-        evals = builtin_prompts(source, eval_n, seed + 1_000_003, max_digits)
+        evals = builtin_prompts(source, eval_n, seed + HELD_OUT_SEED, max_digits)
         held_out = {r.prompt for r in evals}
         train = [r for r in builtin_prompts(source, n + eval_n, seed, max_digits) if r.prompt not in held_out][:n]
         return train, evals

@@ -65,6 +65,31 @@ class RolloutWorker:
 
 
 class LearnerWorker(Learner):
+    """A learner; with `ray.placement: hybrid` it also hosts the rollout engine (on its own copy of
+    the weights, in the engine's dtype), so a weight sync is a copy in memory, not a transfer."""
+
+    engine = None
+
+    def start_engine(self) -> None:
+        import copy
+
+        from rollout.local import LocalEngine
+
+        if self.info.enabled:
+            raise WorkerError("ray.placement hybrid needs one learner (ray.learners: 1)")
+        model = copy.deepcopy(self.model).eval()
+        self.engine = LocalEngine(model, self.tokenizer, dtype=getattr(torch, self.recipe.rollout.dtype))
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Rollout:
+        return self.engine.generate(prompts, n, sampling)
+
+    def sync_engine(self, version: int) -> int:
+        self.engine.load_weights(self.model.state_dict(), version)
+        return version
+
+    def pid(self) -> int:
+        return os.getpid()
+
     def publish_weights(self, use_ray: bool) -> dict | None:
         """Rank 0: {"state": [ObjectRef] or the dict itself, "checksum": ...}; other ranks: None."""
         state = self.full_state_dict()

@@ -73,8 +73,11 @@ def mla_attention(
     cache: LatentKVCache,
     layer: int,
     absorbed: bool,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One MLA block over new tokens h (B, T, d); appends their latents to the cache."""
+    """One MLA block over new tokens h (B, T, d); appends their latents to the cache.
+
+    allowed (B, T, S) bool: which cached keys each new token may attend to (built here if None)."""
     b, t, _ = h.shape
     n_heads, d_nope, d_rope, d_v = attn.num_heads, attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim
     d_c = attn.kv_lora_rank
@@ -103,9 +106,8 @@ def mla_attention(
     scores = scores + torch.einsum("bthr,bsr->bhts", q_rope, rope_key)
     scores = scores.float() * attn.scaling
 
-    keys = torch.arange(start + t, device=h.device)
-    causal = keys.unsqueeze(0) <= (start + torch.arange(t, device=h.device)).unsqueeze(1)  # (T, S)
-    allowed = causal.unsqueeze(0) & cache.valid[:, : start + t].unsqueeze(1)  # (B, T, S)
+    if allowed is None:
+        allowed = attention_mask(cache, start, t)
     scores = scores.masked_fill(~allowed.unsqueeze(1), torch.finfo(scores.dtype).min)
     probs = scores.softmax(dim=-1).to(h.dtype)
 
@@ -115,6 +117,14 @@ def mla_attention(
     else:
         out = torch.einsum("bhts,bshd->bthd", probs, values)
     return attn.o_proj(out.reshape(b, t, n_heads * d_v))
+
+
+def attention_mask(cache: LatentKVCache, start: int, t: int) -> torch.Tensor:
+    """(B, T, S) bool: new token i (at slot start + i) sees valid cached slots up to its own."""
+    device = cache.valid.device
+    keys = torch.arange(start + t, device=device)
+    causal = keys.unsqueeze(0) <= (start + torch.arange(t, device=device)).unsqueeze(1)  # (T, S)
+    return causal.unsqueeze(0) & cache.valid[:, : start + t].unsqueeze(1)
 
 
 class MLADecoder:
@@ -156,8 +166,10 @@ class MLADecoder:
             moe.context = None  # eval routing: no dropping, default per-row context
         x = model.model.embed_tokens(input_ids)
         freqs_cis = model.model.rotary_emb(x, positions)
+        allowed = attention_mask(cache, cache.length, t)  # the same for every layer
         for i, layer in enumerate(model.model.layers):
-            x = x + mla_attention(layer.self_attn, layer.input_layernorm(x), freqs_cis, cache, i, self.absorbed)
+            x = x + mla_attention(layer.self_attn, layer.input_layernorm(x), freqs_cis, cache, i, self.absorbed,
+                                  allowed)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         cache.length += t
         if last_only:

@@ -123,36 +123,46 @@ class LocalEngine:
                 cache, logits = repeated, logits.repeat_interleave(n, 0)
 
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
-        completions: list[list[int]] = [[] for _ in range(total)]
-        logprobs: list[list[float]] = [[] for _ in range(total)]
-        reasons = ["length"] * total
+        budget = sampling.max_new_tokens
+        tokens = torch.full((total, budget), self.pad_id, dtype=torch.long)  # (N, budget) per sample
+        token_logps = torch.zeros(total, budget)
+        lengths = torch.zeros(total, dtype=torch.long)
+        stopped = torch.zeros(total, dtype=torch.bool)  # EOS or a stop string
         active = torch.arange(total)  # the sample each cache row holds
         running = torch.ones(total, dtype=torch.bool)  # per cache row: still generating
         finished_since_compaction = 0
-        for _ in range(sampling.max_new_tokens):
+        for step in range(budget):
             token = sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
             scaled = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
             token_lp = scaled.log_softmax(-1).gather(1, token.unsqueeze(1)).squeeze(1)
-            for row, (sample, t, lp) in enumerate(zip(active.tolist(), token.tolist(), token_lp.tolist())):
-                if not running[row]:
-                    continue
-                completions[sample].append(t)
-                logprobs[sample].append(lp)
-                if t == self.eos_id or (sampling.stop and self._stopped_by_string(completions[sample], sampling.stop)):
-                    reasons[sample] = "stop"
-                    running[row] = False
-                    finished_since_compaction += 1
+            token, token_lp = token.cpu(), token_lp.cpu()
+            rows = active[running]
+            tokens[rows, step] = token[running]
+            token_logps[rows, step] = token_lp[running]
+            lengths[rows] += 1
+            done = running & (token == self.eos_id)
+            if sampling.stop:
+                for r in running.nonzero().squeeze(1).tolist():
+                    sample = int(active[r])
+                    if not done[r] and self._stopped_by_string(tokens[sample, : step + 1].tolist(), sampling.stop):
+                        done[r] = True
+            stopped[active[done]] = True
+            running &= ~done
+            finished_since_compaction += int(done.sum())
             if not bool(running.any()):
                 break
             if finished_since_compaction * 4 >= len(active):
                 keep = running.nonzero().squeeze(1)
                 compacted = _select_rows(cache, keep.to(device))
                 if compacted is not None:
-                    cache, active, running, token = compacted, active[keep], running[keep], token[keep.to(device)]
+                    cache, active, running, token = compacted, active[keep], running[keep], token[keep]
                     finished_since_compaction = 0
-            token = torch.where(running.to(device), token, torch.full_like(token, self.pad_id))
-            logits = self.decoder.forward(token.unsqueeze(1), cache, running.unsqueeze(1).to(device),
+            token = torch.where(running, token, torch.full_like(token, self.pad_id))
+            logits = self.decoder.forward(token.unsqueeze(1).to(device), cache, running.unsqueeze(1).to(device),
                                           last_only=True)[:, -1]
+        completions = [tokens[i, : lengths[i]].tolist() for i in range(total)]
+        logprobs = [token_logps[i, : lengths[i]].tolist() for i in range(total)]
+        reasons = ["stop" if s else "length" for s in stopped.tolist()]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_rows = [list(p) for p in prompts for _ in range(n)]
         return Rollout(prompt_rows, completions, logprobs, reasons, texts, time.perf_counter() - start, self.version)

@@ -18,7 +18,7 @@ import torch
 
 from data_tools.chat import render_chat
 from data_tools.packing import PackedRow, pack_documents, unpacked_row
-from data_tools.synthetic import arithmetic_chats
+from data_tools.synthetic import arithmetic_chats, held_out_questions
 from sft.config import SFTDataConfig
 
 COLUMNS = ("input_ids", "position_ids", "loss_mask", "num_tokens")
@@ -56,7 +56,9 @@ def builtin_rows(cfg: SFTDataConfig, tokenizer) -> list[PackedRow]:
     name = cfg.source.removeprefix("builtin:")
     if name != "arithmetic":
         raise DataError(f"data.source: unknown built-in task {cfg.source!r} (builtin:arithmetic)")
-    docs = (render_chat(tokenizer, chat) for chat in arithmetic_chats(cfg.num_examples, cfg.seed, cfg.max_digits))
+    docs = (render_chat(tokenizer, chat) for chat in arithmetic_chats(
+        cfg.num_examples, cfg.seed, cfg.max_digits, cfg.carry_slip, cfg.worked_fraction,
+        exclude=held_out_questions(cfg.max_digits) if cfg.max_digits > 1 else None))  # 1 digit: 155 problems in all
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.pack:
         return list(pack_documents(docs, cfg.max_length, pad))

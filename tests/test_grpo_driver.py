@@ -94,3 +94,12 @@ def test_bad_recipe_rejected_before_ray_starts(tmp_path, capsys):
     assert not ray.is_initialized()
     with pytest.raises(RecipeError, match="group_size"):
         run(_recipe(tmp_path, algorithm={"group_size": 1}))
+
+
+def test_hybrid_placement_runs_the_engine_in_the_learner(tmp_path):
+    straight = run(_recipe(tmp_path, "a"))
+    hybrid = run(_recipe(tmp_path, "h", ray={"placement": "hybrid"}))
+    a, h = _weights(straight), _weights(hybrid)
+    assert all(torch.equal(a[k], h[k]) for k in a)  # the same samples and updates as separate workers
+    with pytest.raises(RecipeError, match="hybrid"):
+        run(_recipe(tmp_path, "bad", ray={"placement": "hybrid", "enabled": True, "learners": 2}))
