@@ -127,3 +127,23 @@ def test_bad_input_is_one_line(two_checkpoints, tmp_path, capsys):
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
     assert main(["eval", str(no_template), "--suites", "math", "--out", str(tmp_path)]) == 2
     assert "no chat template" in capsys.readouterr().err
+
+
+def test_lora_adapter_directory_is_evaluated_on_its_base(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from evals.runner import load_checkpoint
+    from policy.load import load_policy
+
+    base, _ = load_policy("tiny")
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_a_proj", "o_proj"], init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = "tiny"
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    model, tokenizer = load_checkpoint(str(tmp_path / "adapter"))
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, expected, atol=1e-5)
+    assert tokenizer.chat_template
