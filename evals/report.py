@@ -125,7 +125,7 @@ def tables(content: dict) -> list[tuple[str, list[str], list[list]]]:
     out = [("Scores", ["suite", "metric", *[_short(n) for n in names]],
             [[s, HEADLINE[s], *[content["scores"][n][s]["score"] for n in names]] for s in content["suites"]]
             + [[s, k, *[content["scores"][n][s][k] for n in names]] for s in content["suites"]
-               for k in content["scores"][names[0]][s] if k not in SHOWN)])]
+               for k in content["scores"][names[0]][s] if k not in SHOWN])]
     out.append(("Alignment tax (B against A, paired 95% interval)",
                 ["suite", "A", "B", "score A", "score B", "delta", "interval", "verdict"],
                 [[t["suite"], _short(t["a"]), _short(t["b"]), t["score_a"], t["score_b"], t["delta"],

@@ -9,6 +9,15 @@ from transformers import DeepseekV2Config
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Trainers under test may set their own thread count; every test starts from one thread, so
+    numerical tolerances do not depend on which tests ran before on the same worker."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 def small_config(**overrides) -> DeepseekV2Config:
     """A 2-layer MoE + MLA config (one dense layer, one MoE layer) with q compression."""
     args = dict(
