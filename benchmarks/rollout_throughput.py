@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     names = ["tiny", "smollm2-135m-instruct"] if args.policy == "both" else [args.policy]
-    print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.new_tokens} new tokens, best of {args.repeats}")
+    print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.new_tokens} new tokens, "
+          f"best of {args.repeats}")
     for name in names:
         tokenizer = load_policy(name)[1]
         prompts = [f"What is {17 * i + 3} + {29 * i + 11}?" for i in range(args.batch)]
@@ -77,7 +78,8 @@ def main() -> None:
         results = {}
         for dtype in (torch.float32, torch.bfloat16):
             peer = peer_model(name, dtype)
-            results[("hf", dtype)] = max(hf_generate(peer, tokenizer, rows, args.new_tokens) for _ in range(args.repeats))
+            results[("hf", dtype)] = max(hf_generate(peer, tokenizer, rows, args.new_tokens)
+                                         for _ in range(args.repeats))
             mine = load_policy(name)[0].to(dtype)
             results[("ours", dtype)] = max(ours(mine, tokenizer, rows, args.new_tokens) for _ in range(args.repeats))
         for label, a, b in (("fp32 vs fp32", ("ours", torch.float32), ("hf", torch.float32)),

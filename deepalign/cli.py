@@ -315,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from data_tools.chat import TemplateError
     from data_tools.schema import BadRowError
-    from policy.smollm2 import PolicyLoadError
     from evals.data import EvalError
     from grpo.workers import WorkerError
+    from policy.smollm2 import PolicyLoadError
     from rewards.combine import RewardError
     from sft.data import DataError
 

@@ -43,14 +43,14 @@ def delta_interval(a: list[float], b: list[float], z: float = 1.96) -> tuple[flo
     """B - A over paired items: (delta, low, high)."""
     if len(a) != len(b):
         raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
-    return mean_interval([y - x for x, y in zip(a, b)], z)
+    return mean_interval([y - x for x, y in zip(a, b, strict=True)], z)
 
 
 def win_rate(a: list[float], b: list[float], margin: float = 0.0, z: float = 1.96) -> dict[str, float]:
     """B against A on paired scores: wins, ties, losses, rate = (wins + ties/2) / n and its interval."""
     if len(a) != len(b):
         raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
-    outcomes = [1.0 if y - x > margin else 0.0 if x - y > margin else 0.5 for x, y in zip(a, b)]
+    outcomes = [1.0 if y - x > margin else 0.0 if x - y > margin else 0.5 for x, y in zip(a, b, strict=True)]
     rate, low, high = mean_interval(outcomes, z)
     return {"wins": outcomes.count(1.0), "ties": outcomes.count(0.5), "losses": outcomes.count(0.0),
             "rate": rate, "low": max(0.0, low), "high": min(1.0, high)}

@@ -54,7 +54,7 @@ def build(results: dict[str, dict[str, SuiteResult]], kl: dict[str, float] | Non
                                "verdict": verdict})
             if s == "preference":
                 out["win_rates"].append({"a": base, "b": other, **win_rate(a, b)})
-            pairs = sorted(zip(results[base][s].items, results[other][s].items),
+            pairs = sorted(zip(results[base][s].items, results[other][s].items, strict=True),
                            key=lambda p: -abs(p[1]["score"] - p[0]["score"]))
             for ia, ib in pairs[:3]:
                 if ia["score"] != ib["score"]:
@@ -85,8 +85,8 @@ def plots(results: dict[str, dict[str, SuiteResult]], suites: list[str]) -> dict
     for i, n in enumerate(names):
         xs = [j + i * width for j in range(len(scored))]
         vals = [results[n][s].score for s in scored]
-        errs = [[v - results[n][s].metrics.get("score_low", v) for v, s in zip(vals, scored)],
-                [results[n][s].metrics.get("score_high", v) - v for v, s in zip(vals, scored)]]
+        errs = [[v - results[n][s].metrics.get("score_low", v) for v, s in zip(vals, scored, strict=True)],
+                [results[n][s].metrics.get("score_high", v) - v for v, s in zip(vals, scored, strict=True)]]
         ax.bar(xs, vals, width, yerr=errs, capsize=3, label=_short(n))
     ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(scored))])
     ax.set_xticklabels([f"{s}\n({HEADLINE[s]})" for s in scored])
@@ -161,7 +161,8 @@ def write(results: dict[str, dict[str, SuiteResult]], out_dir: str | Path, kl: d
             "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}"
             "th{background:#f3f3f3}td.gain{color:#1a7f37;font-weight:600}td.tax{color:#c62828;font-weight:600}"
             "img{max-width:100%;margin:0.5em 1em 0.5em 0}</style></head><body>",
-            "<h1>deepalign comparison</h1><p>" + ", ".join(f"<code>{html.escape(n)}</code>" for n in content["checkpoints"])
+            "<h1>deepalign comparison</h1><p>"
+            + ", ".join(f"<code>{html.escape(n)}</code>" for n in content["checkpoints"])
             + "</p>"]
     for title, header, rows in tables(content):
         page.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)

@@ -54,7 +54,8 @@ def run_math(generate: Generator, rows: list[dict], samples: int = 1) -> SuiteRe
     outs = generate([r["prompt"] for r in rows], samples)
     items, scores = [], []
     for row, completions in zip(rows, outs, strict=True):
-        correct = math_accuracy([row["prompt"]] * len(completions), completions, answer=[row["answer"]] * len(completions))
+        n = len(completions)
+        correct = math_accuracy([row["prompt"]] * n, completions, answer=[row["answer"]] * n)
         score = sum(correct) / len(correct)
         scores.append(score)
         items.append({"prompt": row["prompt"], "answer": row["answer"], "completions": completions, "score": score})
@@ -80,7 +81,7 @@ def run_code(generate: Generator, problems: list[dict], samples: int = 1, ks: tu
             entry_points.append(problem["entry_point"])
     results = score_programs(prompts, completions, tests, entry_points, pool=pool or sandbox_pool())
     items, per_problem, failures = [], [], {}
-    for i, (problem, comps) in enumerate(zip(problems, outs)):
+    for i, (problem, comps) in enumerate(zip(problems, outs, strict=True)):
         mine = results[i * samples : (i + 1) * samples]
         passed = sum(1 for r in mine if r is not None and r.score == 1.0)
         for r in mine:
@@ -105,7 +106,8 @@ def run_preference(generate: Generator, rows: list[dict], reward_model: str | No
     outs = generate([r["prompt"] for r in rows], 1)
     completions = [o[0] for o in outs]
     scores = rm_score([r["prompt"] for r in rows], completions, path=reward_model)
-    items = [{"prompt": r["prompt"], "completions": [c], "score": s} for r, c, s in zip(rows, completions, scores)]
+    items = [{"prompt": r["prompt"], "completions": [c], "score": s}
+             for r, c, s in zip(rows, completions, scores, strict=True)]
     return _result("preference", scores, {"reward_mean": sum(scores) / len(scores)}, items, start)
 
 
@@ -129,7 +131,8 @@ def run_stats(generate: Generator, rows: list[dict]) -> SuiteResult:
     outs = generate([r["prompt"] for r in rows], 1)
     texts = [o[0] for o in outs]
     lengths = [float(len(t.split())) for t in texts]
-    items = [{"prompt": r["prompt"], "completions": [t], "score": n} for r, t, n in zip(rows, texts, lengths)]
+    items = [{"prompt": r["prompt"], "completions": [t], "score": n}
+             for r, t, n in zip(rows, texts, lengths, strict=True)]
     metrics = {"response_words": sum(lengths) / len(lengths), "distinct_1": distinct_n(texts, 1),
                "distinct_2": distinct_n(texts, 2)}
     return _result("stats", lengths, metrics, items, start)

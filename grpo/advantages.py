@@ -54,7 +54,7 @@ def process_advantages(
     for i, (rewards, ends) in enumerate(zip(step_rewards, step_ends, strict=True)):
         if len(rewards) != len(ends):
             raise ValueError(f"sample {i}: {len(rewards)} step rewards but {len(ends)} step ends")
-        for r, end in zip(rewards, ends):
+        for r, end in zip(rewards, ends, strict=True):
             # step j counts for every token t <= end(j)
             out[i, : min(end, length - 1) + 1] += (r - mean) / (std + eps)
     return out

@@ -42,7 +42,8 @@ def build_reward(recipe: GRPORecipe) -> CombinedReward:
     specs = []
     for spec in recipe.rewards:
         if spec.ray_actor:
-            specs.append(RewardComponent(spec.alias or spec.name, _actor_reward(spec.params), spec.weight, spec.timeout))
+            specs.append(RewardComponent(spec.alias or spec.name, _actor_reward(spec.params), spec.weight,
+                                         spec.timeout))
         else:
             try:
                 built = CombinedReward.from_specs([{"name": spec.name, "weight": spec.weight, "params": spec.params,
@@ -125,12 +126,15 @@ class PromptOrder:
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.position = n, seed, 0
+        self._epoch, self._order = -1, []
 
     def take(self, k: int) -> list[int]:
         out = []
         for _ in range(k):
             epoch, i = divmod(self.position, self.n)
-            out.append(random.Random(self.seed + epoch).sample(range(self.n), self.n)[i])
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, random.Random(self.seed + epoch).sample(range(self.n), self.n)
+            out.append(self._order[i])
             self.position += 1
         return out
 
@@ -195,7 +199,7 @@ class Workers:
         per = math.ceil(len(prompts) / len(self.rollout))
         shards = [prompts[i * per : (i + 1) * per] for i in range(len(self.rollout))]
         while True:
-            futures = [w.submit("generate", s, n, sampling) for w, s in zip(self.rollout, shards) if s]
+            futures = [w.submit("generate", s, n, sampling) for w, s in zip(self.rollout, shards, strict=True) if s]
             try:
                 parts = gather(futures, self.recipe.rollout.generate_timeout_s, "rollout.generate")
                 break
@@ -274,6 +278,10 @@ def run(recipe: GRPORecipe) -> Path:
     if checkpoints:
         state = workers.learners_call("load", checkpoints[-1])[0]
         step, order.position, history = state["step"], state["data"]["position"], state["data"]["history"]
+        log = output_dir / "metrics.jsonl"
+        if log.exists():  # steps after the checkpoint are run again: drop their old lines
+            kept = [x for x in log.read_text().splitlines() if json.loads(x)["step"] <= step]
+            log.write_text("".join(x + "\n" for x in kept))
         print(f"resumed from {checkpoints[-1]} at step {step}")
     output_dir.mkdir(parents=True, exist_ok=True)
     workers.sync(step)

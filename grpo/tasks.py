@@ -72,7 +72,8 @@ def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3) -> list
     raise RecipeError(f"data.source: unknown built-in {source!r}; built-ins: {', '.join(BUILTINS)}")
 
 
-def load_prompts(source: str, n: int, eval_n: int, seed: int, max_digits: int = 3) -> tuple[list[PromptRow], list[PromptRow]]:
+def load_prompts(source: str, n: int, eval_n: int, seed: int,
+                 max_digits: int = 3) -> tuple[list[PromptRow], list[PromptRow]]:
     """(train, eval) prompt rows; eval prompts never appear in train."""
     if source.startswith("builtin:"):
         evals = builtin_prompts(source, eval_n, seed + HELD_OUT_SEED, max_digits)

@@ -114,8 +114,8 @@ class LlamaDecoder:
             k = k * cos + _rotate_half(k) * sin
             cache.keys[i, :, :, start : start + t] = k
             cache.values[i, :, :, start : start + t] = v.view(b, t, kv, d).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, cache.keys[i, :, :, : start + t], cache.values[i, :, :, : start + t],
-                                                 attn_mask=allowed, enable_gqa=kv != h)
+            keys, values = cache.keys[i, :, :, : start + t], cache.values[i, :, :, : start + t]
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=kv != h)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(b, t, h * d))
             gate, up = F.linear(layer.post_attention_layernorm(x), gate_up).chunk(2, dim=-1)
             x = x + mlp.down_proj(mlp.act_fn(gate) * up)

@@ -44,12 +44,12 @@ class VLLMEngine:
         start = time.perf_counter()
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         rollout = Rollout([], [], [], [], [], 0.0, self.version)
-        for prompt, out in zip(prompts, outputs):
+        for prompt, out in zip(prompts, outputs, strict=True):
             for sample in out.outputs:
                 ids = list(sample.token_ids)
                 rollout.prompt_ids.append(list(prompt))
                 rollout.completion_ids.append(ids)
-                rollout.logprobs.append([step[t].logprob for step, t in zip(sample.logprobs, ids)])
+                rollout.logprobs.append([step[t].logprob for step, t in zip(sample.logprobs, ids, strict=True)])
                 rollout.finish_reasons.append("length" if sample.finish_reason == "length" else "stop")
                 rollout.texts.append(sample.text)
         rollout.seconds = time.perf_counter() - start

@@ -57,6 +57,8 @@ def test_resume_is_exact(tmp_path):
     resumed = run(_recipe(tmp_path, "b", train={"steps": 3, "save_every": 1}))
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # step 2 ran twice; its first record was dropped on resume
 
 
 def test_nan_loss_skips_the_update(tmp_path):

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from data_tools.mix_config import MixRecipe
+from deepalign.recipe import load_recipe
 from grpo.config import GRPORecipe
 from grpo.driver import validate
 from grpo.pipeline import PipelineRecipe, stage_recipes
-from deepalign.recipe import load_recipe
 from policy.config import PolicyDemoRecipe
 from rewards.rm_train import RMRecipe
 from sft.config import SFTRecipe

@@ -69,7 +69,7 @@ def test_stop_strings_seeds_and_finish_reasons():
     b = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10, seed=3))
     c = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10, seed=4))
     assert a.completion_ids == b.completion_ids and a.completion_ids != c.completion_ids
-    assert all(r == "length" for r, ids in zip(a.finish_reasons, a.completion_ids) if len(ids) == 10
+    assert all(r == "length" for r, ids in zip(a.finish_reasons, a.completion_ids, strict=True) if len(ids) == 10
                and ids[-1] != tokenizer.eos_token_id)
     letter = a.texts[0][0]  # stop at a character the untrained model certainly emits
     stopped = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10, seed=3, stop=[letter]))
@@ -87,9 +87,7 @@ def test_weights_load_and_checksum():
     state["lm_head.weight"][0, 0] += 1.0
     assert weights_checksum(state) != digest
 
-    from grpo.workers import WorkerError
-
-    from grpo.workers import RolloutWorker
+    from grpo.workers import RolloutWorker, WorkerError
 
     worker = RolloutWorker.__new__(RolloutWorker)
     worker.index, worker.engine, worker.version = 0, engine, 7
