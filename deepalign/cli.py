@@ -132,22 +132,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from evals import report
-    from evals.data import chat_rows
-    from evals.runner import evaluate_checkpoint, kl_from
+    from grpo.pipeline import compare
 
-    settings = _eval_settings(args)
-    results = {c: evaluate_checkpoint(c, settings) for c in args.checkpoints}
-    kl = {}
-    if "stats" in settings.suites:
-        prompts = [r["prompt"] for r in chat_rows(settings.chat_data)]
-        for other in args.checkpoints[1:]:
-            kl[f"{other} vs {args.checkpoints[0]}"] = kl_from(args.checkpoints[0], other, prompts, settings)
-    paths = report.write(results, settings.output_dir, kl)
-    for t in report.build(results, kl)["tax"]:
-        print(f"{t['suite']:>10}: A {t['score_a']:.3f}  B {t['score_b']:.3f}  delta {t['delta']:+.3f} "
-              f"[{t['low']:+.3f}, {t['high']:+.3f}]  {t['verdict']}")
-    print(f"report: {paths['html']} (also {paths['markdown'].name}, {paths['json'].name})")
+    compare(args.checkpoints, _eval_settings(args))
 
 
 def _eval_flags(parser: argparse.ArgumentParser) -> None:

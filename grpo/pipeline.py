@@ -1,11 +1,13 @@
-"""`deepalign pipeline`: SFT -> reward models -> GRPO stage 1 -> GRPO stage 2, each stage's
-output feeding the next (DeepSeek-V2 §4's order).
+"""`deepalign pipeline`: SFT -> reward models -> GRPO stage 1 -> GRPO stage 2 -> compare, each
+stage's output feeding the next (DeepSeek-V2 §4's order).
 
-A pipeline recipe lists stages; each names its kind (sft, rm, grpo), its own recipe file and
-dotted overrides, in which `${stage}` stands for that earlier stage's final checkpoint. Every
-stage writes to `{output_dir}/{name}`. Every stage's recipe is validated before the first one
-runs. The pipeline resumes stage by stage: a stage whose `final/` exists is skipped, and an
-interrupted stage resumes from its own latest checkpoint.
+A pipeline recipe lists stages; each names its kind (sft, rm, grpo, compare), its own recipe file
+and dotted overrides, in which `${stage}` stands for that earlier stage's final checkpoint (a
+compare stage lists its `checkpoints` the same way; its recipe holds evaluation settings,
+evals/runner.py). Every stage writes to `{output_dir}/{name}`. Every stage's recipe is validated
+before the first one runs. The pipeline resumes stage by stage: a stage whose `final/` (for
+compare, `report.json`) exists is skipped, and an interrupted stage resumes from its own latest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from deepalign.recipe import RecipeError, load_recipe
 @dataclass
 class PipelineStage:
     name: str = ""
-    kind: Literal["sft", "rm", "grpo"] = "sft"
+    kind: Literal["sft", "rm", "grpo", "compare"] = "sft"
     recipe: str = ""
     overrides: list[str] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)  # compare stages only
 
 
 @dataclass
@@ -42,6 +45,10 @@ def _schema(kind: str):
         from rewards.rm_train import RMRecipe
 
         return RMRecipe
+    if kind == "compare":
+        from evals.runner import EvalSettings
+
+        return EvalSettings
     from grpo.config import GRPORecipe
 
     return GRPORecipe
@@ -70,13 +77,18 @@ def stage_recipes(pipeline: PipelineRecipe, overrides_for: dict[str, list[str]] 
             return re.sub(r"\$\{([^}]+)\}", sub, text)
 
         output = out_root / stage.name
-        overrides = [resolve(o) for o in stage.overrides] + [f"train.output_dir={output}"]
+        where = "output_dir" if stage.kind == "compare" else "train.output_dir"
+        overrides = [resolve(o) for o in stage.overrides] + [f"{where}={output}"]
         overrides += (overrides_for or {}).get(stage.name, [])
         recipe = load_recipe(stage.recipe, _schema(stage.kind), overrides)
         if stage.kind == "grpo":
             from grpo.driver import validate
 
             validate(recipe)
+        if stage.kind == "compare":
+            if len(stage.checkpoints) < 2:
+                raise RecipeError(f"stage {stage.name}: a compare stage needs at least two checkpoints")
+            stage.checkpoints = [resolve(c) for c in stage.checkpoints]
         built.append((stage, recipe, output))
         finals[stage.name] = str(output / "final")
     return built
@@ -86,8 +98,8 @@ def run_pipeline(pipeline: PipelineRecipe) -> dict[str, Path]:
     stages = stage_recipes(pipeline)
     finals: dict[str, Path] = {}
     for stage, recipe, output in stages:
-        final = output / "final"
-        if (final / "config.json").exists():
+        final = output / "report.json" if stage.kind == "compare" else output / "final"
+        if (final / "config.json").exists() or (stage.kind == "compare" and final.exists()):
             print(f"== {stage.name}: done already ({final}); delete it to run the stage again")
             finals[stage.name] = final
             continue
@@ -101,9 +113,30 @@ def run_pipeline(pipeline: PipelineRecipe) -> dict[str, Path]:
             from rewards.rm_train import train_reward_model
 
             finals[stage.name] = Path(train_reward_model(recipe)[0])
-        else:
+        elif stage.kind == "grpo":
             from grpo.driver import run
 
             finals[stage.name] = Path(run(recipe))
+        else:
+            finals[stage.name] = compare(stage.checkpoints, recipe)
         print(f"== {stage.name}: {time.perf_counter() - start:.0f} s")
     return finals
+
+
+def compare(checkpoints: list[str], settings) -> Path:
+    """`deepalign compare` on the given checkpoints; returns the report's JSON path."""
+    from evals import report
+    from evals.data import chat_rows
+    from evals.runner import evaluate_checkpoint, kl_from
+
+    results = {c: evaluate_checkpoint(c, settings) for c in checkpoints}
+    kl = {}
+    if "stats" in settings.suites:
+        prompts = [r["prompt"] for r in chat_rows(settings.chat_data)]
+        kl = {f"{c} vs {checkpoints[0]}": kl_from(checkpoints[0], c, prompts, settings) for c in checkpoints[1:]}
+    paths = report.write(results, settings.output_dir, kl)
+    for t in report.build(results, kl)["tax"]:
+        print(f"{t['suite']:>10}: {t['a']} {t['score_a']:.3f} -> {t['b']} {t['score_b']:.3f}  "
+              f"delta {t['delta']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]  {t['verdict']}")
+    print(f"report: {paths['html']}")
+    return paths["json"]

@@ -105,3 +105,34 @@ def test_hybrid_placement_runs_the_engine_in_the_learner(tmp_path):
     assert all(torch.equal(a[k], h[k]) for k in a)  # the same samples and updates as separate workers
     with pytest.raises(RecipeError, match="hybrid"):
         run(_recipe(tmp_path, "bad", ray={"placement": "hybrid", "enabled": True, "learners": 2}))
+
+
+def test_pipeline_chains_stages_and_resumes_stage_by_stage(tmp_path, capsys):
+    from grpo.pipeline import PipelineRecipe, run_pipeline
+
+    small_grpo = ["ray.enabled=false", "train.steps=1", "data.num_prompts=8", "data.eval_prompts=2",
+                  "algorithm.prompts_per_step=2", "algorithm.group_size=2", "rollout.max_new_tokens=4",
+                  "log.progress=false", "log.tensorboard=false", "train.threads=1"]
+    pipeline = recipe_from_dict(PipelineRecipe, {"output_dir": str(tmp_path), "stages": [
+        {"name": "sft", "kind": "sft", "recipe": "recipes/demo/sft.yaml",
+         "overrides": ["train.max_steps=2", "data.num_examples=64", "train.save_every=0", "log.progress=false",
+                       "log.tensorboard=false", "train.threads=1"]},
+        {"name": "rl", "kind": "grpo", "recipe": "recipes/demo/grpo_stage1.yaml",
+         "overrides": ["policy.name=${sft}", *small_grpo]},
+        {"name": "cmp", "kind": "compare", "recipe": "recipes/demo/compare.yaml",
+         "checkpoints": ["${sft}", "${rl}"], "overrides": ["suites=[math]", "math_limit=3", "max_new_tokens=4"]},
+    ]})
+    finals = run_pipeline(pipeline)
+    assert (tmp_path / "rl" / "final" / "config.json").exists() and finals["cmp"].name == "report.json"
+    config = json.loads((tmp_path / "rl" / "final" / "config.json").read_text())
+    assert config["architectures"] == ["DeepseekV2ForCausalLM"]
+    report = json.loads(finals["cmp"].read_text())
+    assert report["checkpoints"] == [str(tmp_path / "sft" / "final"), str(tmp_path / "rl" / "final")]
+    capsys.readouterr()
+    run_pipeline(pipeline)
+    assert capsys.readouterr().out.count("done already") == 3
+    bad = recipe_from_dict(PipelineRecipe, {"stages": [{"name": "rl", "kind": "grpo", "recipe":
+                                                        "recipes/demo/grpo_stage1.yaml",
+                                                        "overrides": ["policy.name=${sft}"]}]})
+    with pytest.raises(RecipeError, match=r"\$\{sft\} does not name an earlier stage"):
+        run_pipeline(bad)

@@ -6,6 +6,7 @@ import pytest
 
 from data_tools.mix_config import MixRecipe
 from deepalign.recipe import load_recipe
+from evals.runner import EvalSettings
 from grpo.config import GRPORecipe
 from grpo.driver import validate
 from grpo.pipeline import PipelineRecipe, stage_recipes
@@ -14,7 +15,8 @@ from rewards.rm_train import RMRecipe
 from sft.config import SFTRecipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
-SCHEMAS = {"policy": PolicyDemoRecipe, "sft": SFTRecipe, "mix": MixRecipe, "pipeline": PipelineRecipe}
+SCHEMAS = {"policy": PolicyDemoRecipe, "sft": SFTRecipe, "mix": MixRecipe, "pipeline": PipelineRecipe,
+           "compare": EvalSettings}
 
 
 def test_there_are_recipes():
