@@ -148,7 +148,9 @@ class Workers:
         gpu = torch.cuda.is_available()
         split = recipe.ray.placement == "split"
         if self.use_ray:
-            learner_opts = {"num_gpus": 1 if gpu else 0, "num_cpus": 1 if split else 0}
+            # colocated: a learner and a rollout worker share each GPU (half each); split: one GPU each
+            learner_opts = {"num_gpus": (1 if split or recipe.ray.placement == "hybrid" else 0.5) if gpu else 0,
+                            "num_cpus": 1 if split else 0}
             self.rollout_opts = {"num_gpus": (1 if split else 0.5) if gpu else 0, "num_cpus": 1 if split else 0,
                                  "max_restarts": 0}
         else:
