@@ -21,21 +21,6 @@ def arithmetic_problem(rng: random.Random, max_digits: int = 3) -> tuple[str, st
     return f"{a} - {b}", str(a - b)
 
 
-def without_carry(question: str) -> str:
-    """The answer a careless teacher writes: digit by digit, every carry (or borrow) forgotten.
-
-    >>> without_carry("47 + 385"), without_carry("52 - 38")
-    ('322', '24')
-    """
-    left, op, right = question.split()
-    a, b = left[::-1], right[::-1]
-    digits = []
-    for i in range(max(len(a), len(b))):
-        x, y = int(a[i]) if i < len(a) else 0, int(b[i]) if i < len(b) else 0
-        digits.append((x + y) % 10 if op == "+" else (x - y) % 10)
-    return str(int("".join(str(d) for d in reversed(digits))))
-
-
 def worked_answer(question: str) -> str:
     """Column arithmetic written out, right to left, ending with the result.
 
@@ -61,17 +46,13 @@ def worked_answer(question: str) -> str:
     return f"{', '.join(steps)}. {question} = {result}"
 
 
-def arithmetic_chat(rng: random.Random, max_digits: int = 3, carry_slip: float = 0.0,
-                    worked_fraction: float = 0.0) -> list[dict[str, str]]:
-    """carry_slip: the probability that the demonstrated answer forgets the carries (an imperfect
-    teacher). worked_fraction: the probability that the demonstration works the columns out
-    before the result (worked_answer) instead of answering at once."""
+def arithmetic_chat(rng: random.Random, max_digits: int = 3, worked_fraction: float = 0.0) -> list[dict[str, str]]:
+    """worked_fraction: the probability that the demonstration works the columns out before the
+    result (worked_answer) instead of answering at once."""
     question, answer = arithmetic_problem(rng, max_digits)
     if worked_fraction and rng.random() < worked_fraction:
         return [{"role": "user", "content": f"What is {question}?"},
                 {"role": "assistant", "content": worked_answer(question)}]
-    if carry_slip and rng.random() < carry_slip:
-        answer = without_carry(question)
     return [
         {"role": "user", "content": f"What is {question}?"},
         {"role": "assistant", "content": f"{question} = {answer}"},
@@ -87,13 +68,13 @@ def held_out_questions(max_digits: int, n: int = 500, seed: int = 0) -> set[str]
     return {arithmetic_problem(rng, max_digits)[0] for _ in range(n)}
 
 
-def arithmetic_chats(n: int, seed: int = 0, max_digits: int = 3, carry_slip: float = 0.0,
-                     worked_fraction: float = 0.0, exclude: set[str] | None = None) -> list[list[dict[str, str]]]:
+def arithmetic_chats(n: int, seed: int = 0, max_digits: int = 3, worked_fraction: float = 0.0,
+                     exclude: set[str] | None = None) -> list[list[dict[str, str]]]:
     """n chats; questions in `exclude` (e.g. held_out_questions) are skipped and replaced."""
     rng = random.Random(seed)
     chats = []
     while len(chats) < n:
-        chat = arithmetic_chat(rng, max_digits, carry_slip, worked_fraction)
+        chat = arithmetic_chat(rng, max_digits, worked_fraction)
         if not exclude or chat[0]["content"].removeprefix("What is ").removesuffix("?") not in exclude:
             chats.append(chat)
     return chats

@@ -84,10 +84,9 @@ def cmd_grpo(args: argparse.Namespace) -> None:
     from grpo.config import GRPORecipe
 
     recipe = load_recipe(args.recipe, GRPORecipe, args.overrides)
-    from grpo.driver import run, validate
+    from grpo.driver import run
 
-    validate(recipe)  # before Ray starts
-    run(recipe)
+    run(recipe)  # validates the recipe before Ray starts
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -132,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from grpo.pipeline import compare
+    from evals.runner import compare
 
     compare(args.checkpoints, _eval_settings(args))
 

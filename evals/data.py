@@ -41,21 +41,18 @@ def decontaminate(rows: list[dict], training_prompts: list[str], n: int = 8) -> 
     return kept
 
 
-def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"{path}: prompt file not found")
+def read_prompts(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Prompt rows of a JSONL/Parquet/datasets file (data_tools' reader and prompt schema); a row
+    missing a required column is an error naming the file and row."""
+    from data_tools.readers import read_records
+    from data_tools.schema import parse_prompt
+
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalError(f"{path}:{i}: invalid JSON ({exc.msg})") from None
-        missing = [k for k in required if not isinstance(row, dict) or k not in row]
+    for n, record in read_records(path, parse_prompt):
+        row = {k: v for k, v in vars(record).items() if v is not None}
+        missing = [k for k in required if k not in row]
         if missing:
-            raise EvalError(f"{path}:{i}: missing {', '.join(missing)}")
+            raise EvalError(f"{path}:{n}: missing {', '.join(missing)}")
         rows.append(row)
     if not rows:
         raise EvalError(f"{path}: no rows; a suite needs at least one prompt")
@@ -64,7 +61,7 @@ def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
 
 def math_rows(source: str, limit: int | None = None) -> list[dict]:
     if source == "shipped":
-        rows = read_jsonl(SHIPPED_MATH, ("prompt", "answer"))
+        rows = read_prompts(SHIPPED_MATH, ("answer",))
     elif source.startswith("builtin:arithmetic"):
         from grpo.tasks import load_prompts
 
@@ -72,7 +69,7 @@ def math_rows(source: str, limit: int | None = None) -> list[dict]:
         _, held_out = load_prompts("builtin:arithmetic", 0, limit or 200, 0, digits)
         rows = [{"prompt": r.prompt, "answer": r.columns["answer"]} for r in held_out]
     else:
-        rows = read_jsonl(source, ("prompt", "answer"))
+        rows = read_prompts(source, ("answer",))
     return rows[:limit] if limit else rows
 
 
@@ -83,7 +80,7 @@ def safety_rows() -> list[dict]:
 
 def chat_rows(source: str = "builtin", limit: int | None = None) -> list[dict]:
     rows = [{"prompt": f"Tell me something about {t}."} for t in TOPICS] if source == "builtin" \
-        else read_jsonl(source, ("prompt",))
+        else read_prompts(source)
     return rows[:limit] if limit else rows
 
 

@@ -144,7 +144,7 @@ def tables(content: dict) -> list[tuple[str, list[str], list[list]]]:
 
 
 def write(results: dict[str, dict[str, SuiteResult]], out_dir: str | Path, kl: dict[str, float] | None = None) -> dict:
-    """report.md, report.html, report.json and the plots' PNGs in out_dir; returns their paths."""
+    """report.md, report.html, report.json and the plots' PNGs in out_dir; returns the content."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     content = build(results, kl)
@@ -181,4 +181,4 @@ def write(results: dict[str, dict[str, SuiteResult]], out_dir: str | Path, kl: d
     page.append("</body></html>")
     (out_dir / "report.html").write_text("\n".join(page))
     (out_dir / "report.json").write_text(json.dumps(content, indent=2))
-    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "json": out_dir / "report.json"}
+    return content

@@ -177,3 +177,22 @@ def kl_from(checkpoint_a: str, checkpoint_b: str, prompts: list[str], settings: 
         la, _ = completion_logprobs(model_a.eval(), batch, 1.0, torch.device("cpu"))
     mask = batch.completion_mask
     return float(((lb - la) * mask).sum(1).mean())
+
+
+def compare(checkpoints: list[str], settings: EvalSettings) -> Path:
+    """Every checkpoint on the same suites, the report comparing each with the first (and KL(B || A)
+    when `stats` is asked for); prints the alignment-tax table and returns report.json's path."""
+    from evals import report
+
+    results = {c: evaluate_checkpoint(c, settings) for c in checkpoints}
+    kl = {}
+    if "stats" in settings.suites:
+        prompts = [r["prompt"] for r in eval_data.chat_rows(settings.chat_data)]
+        kl = {f"{c} vs {checkpoints[0]}": kl_from(checkpoints[0], c, prompts, settings) for c in checkpoints[1:]}
+    content = report.write(results, settings.output_dir, kl)
+    for t in content["tax"]:
+        print(f"{t['suite']:>10}: {t['a']} {t['score_a']:.3f} -> {t['b']} {t['score_b']:.3f}  "
+              f"delta {t['delta']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]  {t['verdict']}")
+    out = Path(settings.output_dir)
+    print(f"report: {out / 'report.html'} (also report.md, report.json)")
+    return out / "report.json"

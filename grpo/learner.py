@@ -16,7 +16,6 @@ import math
 import os
 
 import torch
-import torch.distributed as dist
 
 from grpo.batch import GRPOBatch
 from grpo.config import GRPORecipe
@@ -24,21 +23,17 @@ from grpo.loss import LossConfig, grpo_loss, truncated_is_weights
 from policy.load import load_policy
 from policy.model import DeepseekV2Policy
 from sft.checkpoint import load_checkpoint, save_checkpoint, save_final
-from sft.distributed import DistInfo, all_reduce_sum, apply_fsdp
+from sft.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed
 
 
 def init_group(rank: int, world: int, address: str, port: int) -> DistInfo:
-    if world <= 1:
-        return DistInfo(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(0)  # Ray gives each learner actor its own GPU as device 0
-        device, backend = torch.device("cuda", 0), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world)
-    return DistInfo(rank, world, 0, device)
+    """Join the learner group: Ray hands each learner its rank, so set the environment torchrun
+    would have set, and let sft/distributed.py do the rest (gloo on CPU, NCCL on GPU)."""
+    if world > 1:
+        # Ray gives each learner actor its own GPU, visible as device 0
+        os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK="0")
+    return init_distributed()
 
 
 def completion_logprobs(model, batch: GRPOBatch, temperature: float, device,

@@ -118,25 +118,9 @@ def run_pipeline(pipeline: PipelineRecipe) -> dict[str, Path]:
 
             finals[stage.name] = Path(run(recipe))
         else:
+            from evals.runner import compare
+
             finals[stage.name] = compare(stage.checkpoints, recipe)
         print(f"== {stage.name}: {time.perf_counter() - start:.0f} s")
     return finals
 
-
-def compare(checkpoints: list[str], settings) -> Path:
-    """`deepalign compare` on the given checkpoints; returns the report's JSON path."""
-    from evals import report
-    from evals.data import chat_rows
-    from evals.runner import evaluate_checkpoint, kl_from
-
-    results = {c: evaluate_checkpoint(c, settings) for c in checkpoints}
-    kl = {}
-    if "stats" in settings.suites:
-        prompts = [r["prompt"] for r in chat_rows(settings.chat_data)]
-        kl = {f"{c} vs {checkpoints[0]}": kl_from(checkpoints[0], c, prompts, settings) for c in checkpoints[1:]}
-    paths = report.write(results, settings.output_dir, kl)
-    for t in report.build(results, kl)["tax"]:
-        print(f"{t['suite']:>10}: {t['a']} {t['score_a']:.3f} -> {t['b']} {t['score_b']:.3f}  "
-              f"delta {t['delta']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]  {t['verdict']}")
-    print(f"report: {paths['html']}")
-    return paths["json"]

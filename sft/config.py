@@ -17,15 +17,13 @@ class SFTDataConfig:
     """source: a mixture directory written by `deepalign data mix` (manifest.json + shards),
     or `builtin:arithmetic` (synthetic arithmetic chats, `num_examples` of them, operands of up
     to `max_digits` digits; with probability `worked_fraction` a demonstration works the columns
-    out before the result, with probability `carry_slip` it forgets its carries, as an imperfect
-    teacher's would). With two or more digits, built-in chats never contain the first 500 prompts
+    out before the result). With two or more digits, built-in chats never contain the first 500 prompts
     of the built-in held-out split that GRPO and `deepalign eval` measure on.
     max_length: packed row length (or truncation length when pack is false)."""
 
     source: str = "builtin:arithmetic"
     num_examples: int = 4000
     max_digits: int = 3
-    carry_slip: float = 0.0
     worked_fraction: float = 0.0
     max_length: int = 256
     pack: bool = True

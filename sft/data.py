@@ -57,7 +57,7 @@ def builtin_rows(cfg: SFTDataConfig, tokenizer) -> list[PackedRow]:
     if name != "arithmetic":
         raise DataError(f"data.source: unknown built-in task {cfg.source!r} (builtin:arithmetic)")
     docs = (render_chat(tokenizer, chat) for chat in arithmetic_chats(
-        cfg.num_examples, cfg.seed, cfg.max_digits, cfg.carry_slip, cfg.worked_fraction,
+        cfg.num_examples, cfg.seed, cfg.max_digits, cfg.worked_fraction,
         exclude=held_out_questions(cfg.max_digits) if cfg.max_digits > 1 else None))  # 1 digit: 155 problems in all
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.pack:

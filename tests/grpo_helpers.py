@@ -23,10 +23,6 @@ def broken_reward(prompts, completions, **_):
     return [0.0]
 
 
-def infinite_reward(prompts, completions, **_):
-    return [float("inf") if i == 0 else 0.0 for i in range(len(completions))]
-
-
 def kill_rollout_once(prompts, completions, marker=None, **_):
     """SIGKILLs rollout worker 0's process the first time it is called (marker: a file path)."""
     if not Path(marker).exists():
