@@ -95,7 +95,11 @@ class RayConfig:
 @dataclass
 class GRPOTrainConfig:
     """mixed_precision bf16: the learner's forward passes (policy and reference) run under
-    torch.autocast in bfloat16 over fp32 weights and optimiser (AMX CPUs and GPUs); no: fp32."""
+    torch.autocast in bfloat16 over fp32 weights and optimiser (AMX CPUs and GPUs); no: fp32.
+    attention: the learner's attention kernel. auto = eager on CPU (GRPO rows are short, and the
+    backward of PyTorch's CPU flash-attention kernel was 12% of a SmolLM2 learner step), sdpa on GPU.
+    expert_parallel: with several learners and a DeepSeekMoE policy, each learner holds 1/W of the
+    routed experts (sft/expert_parallel.py) and FSDP2 shards the rest; false = FSDP2 for all."""
 
     output_dir: str = "runs/grpo"
     mixed_precision: Literal["no", "bf16"] = "no"
@@ -111,6 +115,8 @@ class GRPOTrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     threads: int | None = None
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    expert_parallel: bool = True
 
 
 @dataclass

@@ -168,6 +168,7 @@ class Workers:
         self.restarts = [0] * len(self.rollout)
         self.published: dict | None = None
         self.version = -1
+        print(self.learners_call("describe")[0])
 
     def _spawn_rollout(self, i: int) -> Handle:
         return Handle(f"rollout worker {i}", RolloutWorker, (self.recipe, i, self.recipe.train.threads),

@@ -2,8 +2,9 @@
 
 One `Learner` per process of the learner group. With several, they form one torch.distributed
 group (gloo on CPU, NCCL on GPU) and the policy is sharded with FSDP2 (sft/distributed.py),
-each rank taking its share of the batch's rows. The reference model is frozen and, under FSDP,
-sharded the same way. MoE balance losses are added to the loss when the policy has experts
+each rank taking its share of the batch's rows; with a DeepSeekMoE policy the routed experts are
+split over the learners instead (expert parallelism, sft/expert_parallel.py). The reference model
+is frozen and sharded with FSDP2 alone. MoE balance losses are added to the loss when the policy has experts
 (token dropping is off for log-probs: dropped tokens would make pi_theta and pi_old disagree).
 
 Log-probs are taken at temperature `rollout.temperature`, the distribution the engine sampled
@@ -24,6 +25,7 @@ from policy.load import load_policy
 from policy.model import DeepseekV2Policy
 from sft.checkpoint import load_checkpoint, save_checkpoint, save_final
 from sft.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed
+from sft.expert_parallel import apply_expert_parallel
 
 
 def init_group(rank: int, world: int, address: str, port: int) -> DistInfo:
@@ -36,19 +38,29 @@ def init_group(rank: int, world: int, address: str, port: int) -> DistInfo:
     return init_distributed()
 
 
-def completion_logprobs(model, batch: GRPOBatch, temperature: float, device,
-                        entropy: bool = False) -> tuple[torch.Tensor, object]:
+def completion_logprobs(model, batch: GRPOBatch, temperature: float, device, entropy: bool = False,
+                        share_prompts: bool = True) -> tuple[torch.Tensor, object]:
     """(N, C) log pi(completion token) and the model output (for MoE balance losses); with
-    entropy=True the output gains `token_entropy` (N, C), the policy's entropy at each position."""
+    entropy=True the output gains `token_entropy` (N, C), the policy's entropy at each position.
+
+    share_prompts: rows with the same prompt (a group's G samples) run that prompt once; its KV cache
+    is then repeated for each row's completion (`_shared_prompt_logits`). Same numbers as one forward
+    over the whole rows, on fewer tokens. The output is then the completion forward's, so callers that
+    need balance losses over every token pass share_prompts=False."""
     ids = batch.input_ids.to(device)
     attention = batch.attention_mask.to(device)
     positions = (attention.long().cumsum(1) - 1).clamp(min=0)
     c = batch.completion_width
     kwargs = {"token_dropping": False} if isinstance(_base(model), DeepseekV2Policy) else {}
-    out = model(input_ids=ids, attention_mask=attention.long(), position_ids=positions, use_cache=False,
-                logits_to_keep=c + 1, **kwargs)
-    logits = out.logits[:, :-1].float()
-    if temperature > 0:
+    found = _shared_prompt_logits(model, ids, attention, positions, c, kwargs) if share_prompts else None
+    if found is None:
+        out = model(input_ids=ids, attention_mask=attention.long(), position_ids=positions, use_cache=False,
+                    logits_to_keep=c + 1, **kwargs)
+        logits = out.logits[:, :-1]
+    else:
+        logits, out = found
+    logits = logits.float()
+    if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     all_logp = logits.log_softmax(-1)
     logp = all_logp.gather(-1, ids[:, -c:].unsqueeze(-1)).squeeze(-1)
@@ -58,8 +70,44 @@ def completion_logprobs(model, batch: GRPOBatch, temperature: float, device,
     return logp, out
 
 
+def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> tuple[torch.Tensor, object] | None:
+    """(N, C, V) logits predicting the completion tokens, running each distinct prompt once.
+
+    The prompt block (left-padded, first P columns) is deduplicated; one forward over the U distinct
+    prompts fills a KV cache (transformers' `DynamicCache`, differentiable) and gives the logits at
+    their last position (which predict the first completion token); the cache is indexed out to the N
+    rows and one forward over the first C - 1 completion tokens gives the rest. None when no prompt
+    repeats (nothing to save) or C < 2."""
+    n, width = ids.shape
+    p = width - c
+    if c < 2 or p < 1:
+        return None
+    key = ids[:, :p].masked_fill(~attention[:, :p], -1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    distinct = int(inverse.max()) + 1
+    if distinct == n:
+        return None
+    rows = torch.arange(n, device=ids.device)
+    first = torch.full((distinct,), n, device=ids.device).scatter_reduce(0, inverse, rows, "amin")
+    prompt = model(input_ids=ids[first, :p], attention_mask=attention[first, :p].long(),
+                   position_ids=positions[first, :p], use_cache=True, logits_to_keep=1, **kwargs)
+    cache = prompt.cache
+    cache.batch_select_indices(inverse)
+    rest = model(input_ids=ids[:, p : p + c - 1], attention_mask=attention[:, : p + c - 1].long(),
+                 position_ids=positions[:, p : p + c - 1], cache=cache, use_cache=True, **kwargs)
+    return torch.cat([prompt.logits[inverse], rest.logits], dim=1), rest
+
+
 def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _has_balance_losses(model) -> bool:
+    base = _base(model)
+    if not isinstance(base, DeepseekV2Policy):
+        return False
+    o = base.moe_options
+    return max(o.expert_balance_alpha, o.device_balance_alpha, o.comm_balance_alpha) > 0
 
 
 class Learner:
@@ -77,8 +125,19 @@ class Learner:
         if a.beta != 0.0:
             self.reference, _ = load_policy(recipe.reference or p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
             self.reference.to(self.info.device).requires_grad_(False)
+        attention = recipe.train.attention
+        if attention == "auto":
+            attention = "sdpa" if self.info.device.type == "cuda" else "eager"
+        for model in (self.model, self.reference):
+            if model is not None:
+                model.set_attn_implementation(attention)
+        self.layout = "1 learner"
         if self.info.enabled:
-            self.model = apply_fsdp(self.model)
+            experts = apply_expert_parallel(self.model, self.info) if recipe.train.expert_parallel else set()
+            self.model = apply_fsdp(self.model, ignored_params=experts)
+            self.layout = f"{self.info.world_size} learners: FSDP2" + (
+                f" + expert parallelism ({len(experts) // 2} MoE layers, 1/{self.info.world_size} of the routed "
+                "experts each)" if experts else "")
             if self.reference is not None:
                 self.reference = apply_fsdp(self.reference)
         self.model.train()
@@ -91,6 +150,9 @@ class Learner:
             self.optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
         self.loss_config = LossConfig(a.eps_low, a.eps_high, a.beta, a.aggregation, a.ratio_level,
                                       recipe.rollout.max_new_tokens)
+
+    def describe(self) -> str:
+        return self.layout
 
     # ---- scoring -------------------------------------------------------------------------
     def _autocast(self):
@@ -126,13 +188,15 @@ class Learner:
         metrics: dict[str, float] = {}
         totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "is_weight": 0.0}
         skipped = 0
+        # balance losses are taken over every token of every row: no shared prompt forward then
+        balance = a.balance_loss and _has_balance_losses(self.model)
         for _ in range(a.mu):
             sums = dict.fromkeys(totals, 0.0)
             for start in range(0, mine.input_ids.shape[0], t.micro_batch_size):
                 micro = mine.rows(slice(start, start + t.micro_batch_size))
                 with self._autocast():
                     logp, out = completion_logprobs(self.model, micro, self.recipe.rollout.temperature,
-                                                    self.info.device, entropy=True)
+                                                    self.info.device, entropy=True, share_prompts=not balance)
                 mask = micro.completion_mask.to(logp.device)
                 old = micro.old_logp.to(logp.device) if micro.old_logp is not None else logp.detach()
                 weights = None
@@ -145,7 +209,8 @@ class Learner:
                 aux = getattr(out, "aux_loss", None)
                 if aux is not None and a.balance_loss:
                     loss = loss + aux * micro.input_ids.shape[0] / num_sequences
-                loss.backward()
+                # FSDP2 averages gradients over ranks; each rank's loss is its share of the sum
+                (loss * self.info.world_size).backward()
                 sums["loss"] += float(loss.detach())
                 sums["kl"] += m.get("kl", 0.0) * m["tokens"]
                 sums["clip_fraction"] += m["clip_fraction"] * m["tokens"]

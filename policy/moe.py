@@ -16,6 +16,7 @@ until the next forward so that activation-checkpoint recomputation sees the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -114,6 +115,8 @@ class DeepSeekMoE(nn.Module):
         self.comm_topk = self.topk_group if self.n_group > 1 else min(self.top_k, self.num_devices)
         self.context: RoutingContext | None = None
         self.aux = MoEAux()
+        # set by sft/expert_parallel.py when the routed experts are sharded over ranks
+        self.expert_compute: Callable | None = None
 
     def _default_context(self, n_tokens: int, rows: int) -> RoutingContext:
         device = self.gate.weight.device
@@ -139,8 +142,8 @@ class DeepSeekMoE(nn.Module):
                 indices, weights, self.num_experts, self.num_devices, ctx.protected, valid,
                 self.options.capacity_factor,
             )
-        compute = {"grouped": grouped_experts_forward, "dense": dense_experts_forward,
-                   "loop": loop_experts_forward}[self.options.expert_impl]
+        compute = self.expert_compute or {"grouped": grouped_experts_forward, "dense": dense_experts_forward,
+                                          "loop": loop_experts_forward}[self.options.expert_impl]
         routed = compute(
             x, indices, weights * self.routed_scaling_factor, keep,
             self.experts.gate_up_proj, self.experts.down_proj, self.experts.act_fn,

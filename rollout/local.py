@@ -7,9 +7,9 @@
 - Rows stop on EOS or a stop string; finished rows are dropped from the batch (the cache is
   compacted) once a quarter of the active rows have finished, so the batch does not carry dead
   rows to the end.
-- MoE layers run every expert on every decode token (policy/experts.py: dense_experts_forward):
-  with a few tokens per step that one batched matmul beats grouped matmuls over tiny groups.
-  The engine owns its model: give it its own copy, not the learner's.
+- MoE layers run every expert on every decode token (policy/mla_decode.py's single-token step):
+  with a few tokens per step that one batched matmul beats grouped matmuls over tiny groups;
+  prefill runs the policy's grouped experts. The engine owns its model: give it its own copy.
 - Sampling: temperature / top-k / top-p, seeded by `SamplingConfig.seed`. The log-probability
   stored per token is under logits / temperature (before top-k / top-p), the distribution the
   learner re-scores.
@@ -48,28 +48,19 @@ class _HFDecoder:
         seen = cache["valid"][:, : cache["length"]].sum(1, keepdim=True)
         positions = (seen + valid.long().cpu().cumsum(1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=cache["valid"].long().to(input_ids.device),
-                         position_ids=positions.to(input_ids.device), past_key_values=cache["past"], use_cache=True,
+                         position_ids=positions.to(input_ids.device), cache=cache["past"], use_cache=True,
                          logits_to_keep=1 if last_only else 0)
-        cache["past"] = out.past_key_values
+        cache["past"] = out.cache
         cache["length"] += input_ids.shape[1]
         return out.logits
 
 
 def _repeat_rows(cache, n: int):
-    if isinstance(cache, LatentKVCache):
-        return LatentKVCache(cache.latent.repeat_interleave(n, 1), cache.rope_key.repeat_interleave(n, 1),
-                             cache.valid.repeat_interleave(n, 0), cache.length)
-    if isinstance(cache, KVCache):
-        return cache.repeat_rows(n)
-    return None
+    return cache.repeat_rows(n) if isinstance(cache, LatentKVCache | KVCache) else None
 
 
 def _select_rows(cache, rows: torch.Tensor):
-    if isinstance(cache, LatentKVCache):
-        return LatentKVCache(cache.latent[:, rows], cache.rope_key[:, rows], cache.valid[rows], cache.length)
-    if isinstance(cache, KVCache):
-        return cache.select(rows)
-    return None
+    return cache.select(rows) if isinstance(cache, LatentKVCache | KVCache) else None
 
 
 class LocalEngine:
@@ -84,8 +75,8 @@ class LocalEngine:
         self.version = 0
         kind = model.config.model_type
         if kind == "deepseek_v2":
-            for moe in self.model.moe_layers():  # the engine owns its model: decode runs experts densely
-                moe.options = replace(moe.options, expert_impl="dense", router_stats=False)
+            for moe in self.model.moe_layers():  # the engine owns its model: no router statistics
+                moe.options = replace(moe.options, router_stats=False)
             self.decoder, self.engine = MLADecoder(self.model, absorbed), "absorbed-mla" if absorbed else "naive-mla"
         elif kind in SUPPORTED:
             self.decoder, self.engine = LlamaDecoder(self.model), "kv-decode"

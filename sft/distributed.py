@@ -45,13 +45,14 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def apply_fsdp(model: torch.nn.Module) -> torch.nn.Module:
-    """FSDP2: shard every decoder layer, then the rest (embeddings, norm, head) at the root."""
+def apply_fsdp(model: torch.nn.Module, ignored_params: set | None = None) -> torch.nn.Module:
+    """FSDP2: shard every decoder layer, then the rest (embeddings, norm, head) at the root.
+    ignored_params: parameters another scheme already distributes (sft/expert_parallel.py)."""
     from torch.distributed.fsdp import fully_shard
 
     for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, ignored_params=ignored_params or None)
+    fully_shard(model, ignored_params=ignored_params or None)
     return model
 
 

@@ -1,5 +1,6 @@
-"""The GRPO driver on a local Ray cluster: two learners forming one gloo FSDP2 group, a rollout
-worker SIGKILLed mid-run and restarted, and a clear error when restarts are exhausted."""
+"""The GRPO driver on a local Ray cluster: two learners forming one gloo FSDP2 group (the tiny
+policy's routed experts split between them), a rollout worker SIGKILLed mid-run and restarted,
+and a clear error when restarts are exhausted."""
 
 import json
 import time
@@ -28,7 +29,9 @@ def test_two_learners_and_a_killed_rollout_worker(tmp_path, local_ray, capfd):
                      train={"steps": 2, "threads": 1})
     final = run(recipe)
     assert marker.exists() and (final / "config.json").exists()
-    assert "rollout worker 0 died; restarting it" in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "rollout worker 0 died; restarting it" in out
+    assert "2 learners: FSDP2 + expert parallelism (3 MoE layers, 1/2 of the routed experts each)" in out
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2] and all(s["time/weight_sync_s"] > 0 for s in steps)
 

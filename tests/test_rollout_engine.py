@@ -10,7 +10,7 @@ from grpo.learner import completion_logprobs
 from policy.experts import dense_experts_forward, loop_experts_forward
 from policy.generate import encode_prompts, left_pad
 from policy.load import load_policy
-from rollout.engine import SamplingConfig, weights_checksum
+from rollout.engine import Rollout, SamplingConfig, weights_checksum
 from rollout.kv_decode import LlamaDecoder
 from rollout.local import LocalEngine
 
@@ -105,3 +105,30 @@ def test_dense_experts_equal_loop_experts():
     act = torch.nn.functional.silu
     assert torch.allclose(dense_experts_forward(x, indices, weights, keep, gate_up, down, act),
                           loop_experts_forward(x, indices, weights, keep, gate_up, down, act), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "llama"])
+def test_shared_prompt_logprobs_and_gradients_equal_one_forward(kind):
+    """Running each distinct prompt once and repeating its KV cache gives the log-probs and the
+    gradients of one forward over the whole rows (left-padded prompts, right-padded completions)."""
+    torch.manual_seed(0)
+    model = load_policy("tiny")[0] if kind == "tiny" else _small_llama()
+    model.train()
+    vocab = model.config.vocab_size
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    completions = [[20, 21, 22, 2], [23, 24], [25], [26, 27, 28, 29], [30, 31, 32], [33]]
+    rollout = Rollout(prompt_ids=[prompts[i // 3] for i in range(6)], completion_ids=completions,
+                      logprobs=[[0.0] * len(x) for x in completions], texts=[""] * 6, finish_reasons=["stop"] * 6)
+    batch = build_batch(rollout, torch.randn(6), pad_id=vocab - 1)
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logp, out = completion_logprobs(model, batch, 0.7, torch.device("cpu"), entropy=True, share_prompts=share)
+        (logp * batch.completion_mask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((logp, out.token_entropy, grads))
+    mask = batch.completion_mask
+    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = results
+    assert torch.allclose(lp_a[mask], lp_b[mask], atol=1e-5)
+    assert torch.allclose(ent_a[mask], ent_b[mask], atol=1e-5)
+    assert g_a.shape == g_b.shape and torch.allclose(g_a, g_b, atol=1e-5)
