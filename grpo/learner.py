@@ -4,8 +4,10 @@ One `Learner` per process of the learner group. With several, they form one torc
 group (gloo on CPU, NCCL on GPU) and the policy is sharded with FSDP2 (sft/distributed.py),
 each rank taking its share of the batch's rows; with a DeepSeekMoE policy the routed experts are
 split over the learners instead (expert parallelism, sft/expert_parallel.py). The reference model
-is frozen and sharded with FSDP2 alone. MoE balance losses are added to the loss when the policy has experts
-(token dropping is off for log-probs: dropped tokens would make pi_theta and pi_old disagree).
+is frozen and sharded with FSDP2 alone. MoE balance losses are added to the loss when the policy
+has experts (token dropping is off for log-probs: dropped tokens would make pi_theta and pi_old
+disagree). Each distinct prompt of a batch runs once and its KV cache serves its G completions
+(`completion_logprobs`), except when balance losses need every row's tokens.
 
 Log-probs are taken at temperature `rollout.temperature`, the distribution the engine sampled
 from. `full_state_dict()` gathers unsharded weights for the rollout workers.

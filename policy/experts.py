@@ -3,8 +3,9 @@
 Owns: `grouped_experts_forward`, which sorts the (token, expert) assignments by expert and runs
 two grouped matmuls (`torch.nn.functional.grouped_mm`) over the contiguous per-expert blocks,
 `dense_experts_forward`, which runs every expert on every token in two batched matmuls and
-keeps the routed ones (the decode path: with a few tokens per step and most experts touched
-anyway, one big matmul beats a grouped_mm with tiny groups), and `loop_experts_forward`, a slow
+keeps the routed ones (`expert_impl: dense`: with a few tokens and most experts touched anyway,
+one big matmul beats a grouped_mm with tiny groups; the rollout engine's single-token step has
+its own fused version in policy/mla_decode.py), and `loop_experts_forward`, a slow
 per-expert reference kept beside them for tests.
 
 The weights are transformers' `DeepseekV2Experts` tensors, unchanged:

@@ -1,6 +1,10 @@
-"""Expert parallelism over two gloo processes equals one process holding every expert: the same
-logits, the same gradients (after FSDP2's averaging and the learners' loss scaling), the same
-weights after an AdamW step, and whole tensors in the full state dict."""
+"""Learner parallelism over two gloo processes.
+
+- Expert parallelism equals one process holding every expert: the same logits, the same
+  gradients (after FSDP2's averaging and the learners' loss scaling), the same weights after an
+  AdamW step, and whole tensors in the full state dict.
+- Under FSDP2, the learner's shared-prompt forward (two forwards, one backward) gives the
+  gradients of one forward over the whole rows."""
 
 from __future__ import annotations
 
@@ -61,11 +65,39 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
              model.named_parameters()}
     opt.step()
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    shared = _shared_prompt_grads()
     if rank == 0:
-        torch.save({"logits": (logits, ref_logits), "grads": (grads, ref_grads), "experts": len(experts),
-                    "local_shape": tuple(next(iter(experts)).to_local().shape),
+        torch.save({"shared": shared, "logits": (logits, ref_logits), "grads": (grads, ref_grads),
+                    "experts": len(experts), "local_shape": tuple(next(iter(experts)).to_local().shape),
                     "state": state, "ref_state": reference.state_dict()}, os.path.join(out_dir, "result.pt"))
     shutdown(info)
+
+
+def _shared_prompt_grads() -> tuple[torch.Tensor, torch.Tensor]:
+    """Full gradients of an FSDP2 Llama's completion log-probs, with and without shared prompts."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from grpo.batch import build_batch
+    from grpo.learner import completion_logprobs
+    from rollout.engine import Rollout
+    from sft.distributed import apply_fsdp
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = apply_fsdp(LlamaForCausalLM(config))
+    model.set_attn_implementation("eager")
+    prompts, completions = [[5, 6, 7, 8, 9], [11, 12]], [[20, 21, 22, 2], [23, 24], [25], [26, 27, 28], [30, 31], [33]]
+    rollout = Rollout([prompts[i // 3] for i in range(6)], completions, [[0.0] * len(c) for c in completions],
+                      ["stop"] * 6, [""] * 6)
+    batch = build_batch(rollout, torch.zeros(6), pad_id=96)
+    grads = []
+    for share in (False, True):
+        model.zero_grad()
+        logp, _ = completion_logprobs(model, batch, 1.0, torch.device("cpu"), share_prompts=share)
+        (logp * batch.completion_mask).sum().backward()
+        grads.append(torch.cat([p.grad.full_tensor().flatten() for p in model.parameters()]))
+    return grads[0], grads[1]
 
 
 def _free_port() -> int:
@@ -74,7 +106,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_expert_parallel_over_two_processes_equals_one(tmp_path):
+def test_two_process_learners_equal_one_process(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     r = torch.load(tmp_path / "result.pt", weights_only=False)
     assert r["experts"] == 2  # gate_up and down of the one MoE layer
@@ -89,3 +121,6 @@ def test_expert_parallel_over_two_processes_equals_one(tmp_path):
     for name, ref in r["ref_state"].items():  # whole tensors after one AdamW step, equal to one process's
         assert r["state"][name].shape == ref.shape, name
         torch.testing.assert_close(r["state"][name], ref, rtol=1e-4, atol=1e-6, msg=name)
+    full_rows, shared = r["shared"]
+    assert full_rows.abs().max() > 0.1
+    torch.testing.assert_close(shared, full_rows, rtol=1e-4, atol=1e-5)
