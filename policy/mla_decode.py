@@ -19,9 +19,11 @@ Rows may be left-padded: `valid` marks real tokens; positions count only real to
 Single-token absorbed steps (the rollout engine's decode loop) take a lean path, `_DecodeLayer`:
 at construction and on `refresh()` (after a weight update) each layer's weights are fused once
 ([W_DQ; W_DKV; W_KR] as one matmul, W_UK and W_UV as contiguous per-head blocks, gate and up
-as one matmul), and a step is a handful of large operators: one `baddbmm` scores a query
-[q~ | q^R] against the cached [c^KV | k^R] with the mask as its additive term, one `bmm` reads the
-latent out, norms are `F.rms_norm`, MoE layers run every expert densely (policy/experts.py).
+as one matmul; large matrices in oneDNN's packed layout, policy/packed_linear.py), and a step is
+a handful of large operators: one `baddbmm` scores a query [q~ | q^R] against the cached
+[c^KV | k^R] with the mask as its additive term, one `bmm` reads the latent out, norms are
+`F.rms_norm`, and MoE layers run every routed and shared expert in two matmuls
+(`_stack_experts`).
 Same numbers as the general path (tests hold decode logits to transformers' forward at 1e-5).
 """
 
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policy.moe import DeepSeekMoE
+from policy.packed_linear import PackedLinear
 from policy.routing import select_experts
 
 
@@ -164,13 +167,16 @@ class _DecodeLayer:
     mlp: nn.Module
     norm_in: nn.Module
     norm_post: nn.Module
-    w_a: torch.Tensor  # rows [W_DQ; W_DKV; W_KR] (or [W_DKV; W_KR] when queries are not compressed)
+    w_a: PackedLinear  # rows [W_DQ; W_DKV; W_KR] (or [W_DKV; W_KR] when queries are not compressed)
+    w_q: PackedLinear  # W_UQ (after the q_a norm), or W_Q when queries are not compressed
     w_uk: torch.Tensor  # (H, d_nope, d_c)
     w_uv: torch.Tensor  # (H, d_c, d_v)
-    gate_up: torch.Tensor | None = None  # a dense MLP's [W_gate; W_up]
+    w_o: PackedLinear
+    gate_up: PackedLinear | None = None  # a dense MLP's [W_gate; W_up]
+    down: PackedLinear | None = None  # a dense MLP's W_down
     router: torch.Tensor | None = None  # DeepSeekMoE gate weight in fp32 (routing runs in fp32)
-    experts_in: torch.Tensor | None = None  # ((E + S) * 2I, D): each expert's [W_gate; W_up], shared ones last
-    experts_out: torch.Tensor | None = None  # ((E + S) * I, D_model): each expert's W_down^T, stacked
+    experts_in: PackedLinear | None = None  # ((E + S) * 2I, D): each expert's [W_gate; W_up], shared ones last
+    experts_out: PackedLinear | None = None  # (D, (E + S) * I): every expert's W_down side by side
     always_on: torch.Tensor | None = None  # (E + S,) fp32: 0 for routed experts, 1 for shared ones
 
     @classmethod
@@ -180,15 +186,19 @@ class _DecodeLayer:
         w_kv_b = a.kv_b_proj.weight.view(a.num_heads, a.qk_nope_head_dim + a.v_head_dim, a.kv_lora_rank)
         w = cls(
             attn=a, mlp=mlp, norm_in=layer.input_layernorm, norm_post=layer.post_attention_layernorm,
-            w_a=torch.cat(down + [a.kv_a_proj_with_mqa.weight]),
+            w_a=PackedLinear(torch.cat(down + [a.kv_a_proj_with_mqa.weight])),
+            w_q=PackedLinear.of(a.q_b_proj if a.q_lora_rank is not None else a.q_proj),
             w_uk=w_kv_b[:, : a.qk_nope_head_dim].contiguous(),
             w_uv=w_kv_b[:, a.qk_nope_head_dim :].transpose(1, 2).contiguous(),
+            w_o=PackedLinear.of(a.o_proj),
         )
         if isinstance(mlp, DeepSeekMoE):
             w.router = mlp.gate.weight.float()
-            w.experts_in, w.experts_out, w.always_on = _stack_experts(mlp)
+            experts_in, experts_out, w.always_on = _stack_experts(mlp)
+            w.experts_in, w.experts_out = PackedLinear(experts_in), PackedLinear(experts_out.t())
         elif hasattr(mlp, "gate_proj") and mlp.gate_proj.bias is None:
-            w.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            w.gate_up = PackedLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+            w.down = PackedLinear.of(mlp.down_proj)
         return w
 
 
@@ -222,13 +232,13 @@ def _absorbed_step(w: _DecodeLayer, x: torch.Tensor, freqs_cis: torch.Tensor, kv
     b = x.shape[0]
     n_heads, d_nope, d_rope, d_c = a.num_heads, a.qk_nope_head_dim, a.qk_rope_head_dim, a.kv_lora_rank
     h = _rms(w.norm_in, x)
-    down = F.linear(h, w.w_a)
+    down = w.w_a(h)
     if a.q_lora_rank is not None:
         q_a, c_kv, k_rope = down.split([a.q_lora_rank, d_c, d_rope], dim=-1)
-        q = F.linear(_rms(a.q_a_layernorm, q_a), a.q_b_proj.weight)
+        q = w.w_q(_rms(a.q_a_layernorm, q_a))
     else:
         c_kv, k_rope = down.split([d_c, d_rope], dim=-1)
-        q = F.linear(h, a.q_proj.weight)
+        q = w.w_q(h)
     q_nope, q_rope = q.view(b, n_heads, d_nope + d_rope).split([d_nope, d_rope], dim=-1)
     rope = apply_rope(torch.cat([q_rope, k_rope.unsqueeze(1)], dim=1), freqs_cis)  # heads and the key at once
     kv[:, slot, :d_c] = _rms(a.kv_a_layernorm, c_kv)
@@ -239,15 +249,15 @@ def _absorbed_step(w: _DecodeLayer, x: torch.Tensor, freqs_cis: torch.Tensor, kv
     probs = scores.softmax(dim=-1, dtype=torch.float32).to(x.dtype)
     latent = torch.bmm(probs, keys)[..., :d_c]  # (B, H, d_c); the k^R columns ride along unused
     out = torch.bmm(latent.transpose(0, 1), w.w_uv).transpose(0, 1).reshape(b, -1)
-    return F.linear(out, a.o_proj.weight)
+    return w.w_o(out)
 
 
 def _mlp_step(w: _DecodeLayer, x: torch.Tensor) -> torch.Tensor:
     h = _rms(w.norm_post, x)
     mlp = w.mlp
     if w.gate_up is not None:
-        gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
-        return F.linear(mlp.act_fn(gate) * up, mlp.down_proj.weight)
+        gate, up = w.gate_up(h).chunk(2, dim=-1)
+        return w.down(mlp.act_fn(gate) * up)
     if w.router is None:
         return mlp(h)
     # every routed and shared expert on every row: with a few rows per step most experts are hit
@@ -255,9 +265,9 @@ def _mlp_step(w: _DecodeLayer, x: torch.Tensor) -> torch.Tensor:
     scores = F.linear(h.float(), w.router).softmax(dim=-1)
     weights, indices = select_experts(scores, mlp.top_k, mlp.n_group, mlp.topk_group)
     mix = w.always_on.repeat(h.shape[0], 1).scatter_add_(1, indices, weights * mlp.routed_scaling_factor)
-    gate, up = F.linear(h, w.experts_in).view(h.shape[0], mix.shape[1], -1).chunk(2, dim=-1)
+    gate, up = w.experts_in(h).view(h.shape[0], mix.shape[1], -1).chunk(2, dim=-1)
     mixed = mlp.experts.act_fn(gate) * up * mix.unsqueeze(-1).to(h.dtype)  # (B, E + S, I)
-    return mixed.flatten(1) @ w.experts_out
+    return w.experts_out(mixed.flatten(1))
 
 
 class MLADecoder:
@@ -274,6 +284,7 @@ class MLADecoder:
         """(Re)build the single-token step's fused weights from the model's current parameters."""
         with torch.no_grad():
             self.layers = [_DecodeLayer.build(layer) for layer in self.model.model.layers] if self.absorbed else None
+            self.head = PackedLinear.of(self.model.lm_head)
 
     def allocate(self, batch: int, max_len: int) -> LatentKVCache:
         weight = self.model.model.embed_tokens.weight
@@ -316,7 +327,7 @@ class MLADecoder:
         cache.length += t
         if last_only:
             x = x[:, -1:]
-        return model.lm_head(model.model.norm(x))
+        return self.head(model.model.norm(x))
 
     def _step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache: LatentKVCache) -> torch.Tensor:
         slot = cache.length

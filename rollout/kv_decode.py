@@ -2,12 +2,13 @@
 preallocated KV cache, for the rollout engine.
 
 transformers' `generate` grows a dynamic cache and rebuilds masks and positions every step; this
-decoder reuses the model's own modules (norms, rotary embedding, weights) but runs a lean step:
-one fused QKV matmul and one fused gate/up matmul per layer (built from the model's weights at
-load and on every weight update), keys and values written in place into (L, B, H_kv, S, D)
-buffers, and PyTorch's scaled-dot-product attention with grouped-query heads. Rows may be
-left-padded (`valid`); positions count only real tokens. Tests hold its logits equal to the
-model's own forward.
+decoder reuses the model's own modules (norms, rotary embedding) but runs a lean step: one fused
+QKV matmul and one fused gate/up matmul per layer, every large matrix (the output layer too) in
+oneDNN's packed layout (policy/packed_linear.py), all rebuilt from the model's weights at load
+and on every weight update; keys and values written in place into (L, B, H_kv, S, D) buffers,
+and grouped-query attention as two batched matmuls. Rows may be left-padded
+(`valid`); positions count only real tokens. Tests hold its logits equal to the model's own
+forward.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from policy.packed_linear import PackedLinear
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 
@@ -47,6 +50,26 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+               scale: float) -> torch.Tensor:
+    """Grouped-query attention: q (B, H, T, D), keys/values (B, H_kv, S, D), bias (B, 1, 1, T, S)
+    -> (B, H, T, D). Query head j reads kv head j // (H / H_kv), as transformers' repeat_kv does.
+    Two batched matmuls with each kv head's query heads stacked as rows, softmax in fp32. For one
+    new token over a short cache this is level with PyTorch's CPU flash-attention kernel in fp32
+    and 3x faster in bf16 (1.0 ms per SmolLM2 layer there, 21 ms of a 65 ms decode step)."""
+    b, h, t, d = q.shape
+    kv = keys.shape[1]
+    g = h // kv
+    scores = torch.matmul(q.reshape(b, kv, g * t, d), keys.transpose(-1, -2)).view(b, kv, g, t, -1)
+    probs = (scores.float() * scale + bias).softmax(-1).to(q.dtype)
+    return torch.matmul(probs.view(b, kv, g * t, -1), values).view(b, h, t, d)
+
+
+def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm as one fused kernel (the module's own forward is seven operators)."""
+    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
+
+
 class LlamaDecoder:
     """Prefill and decode steps of a Llama-family model over a KVCache."""
 
@@ -61,16 +84,17 @@ class LlamaDecoder:
         self.refresh()
 
     def refresh(self) -> None:
-        """(Re)build the fused weights from the model's current parameters."""
-        self.fused = []
+        """(Re)build the fused and packed weights from the model's current parameters."""
+        self.layers = []
         with torch.no_grad():
             for layer in self.model.model.layers:
                 a, m = layer.self_attn, layer.mlp
-                qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
                 biases = [p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
-                qkv_b = torch.cat(biases) if all(b is not None for b in biases) else None
-                gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
-                self.fused.append((qkv_w, qkv_b, gate_up))
+                qkv = PackedLinear(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                                   torch.cat(biases) if all(b is not None for b in biases) else None)
+                gate_up = PackedLinear(torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+                self.layers.append((qkv, PackedLinear.of(a.o_proj), gate_up, PackedLinear.of(m.down_proj)))
+            self.head = PackedLinear.of(self.model.lm_head)
 
     def allocate(self, batch: int, max_len: int) -> KVCache:
         w = self.model.model.embed_tokens.weight
@@ -96,30 +120,29 @@ class LlamaDecoder:
         keys_valid = cache.valid[:, : start + t]
         causal = torch.arange(start + t, device=input_ids.device).unsqueeze(0) <= (
             start + torch.arange(t, device=input_ids.device)).unsqueeze(1)
-        allowed = (causal.unsqueeze(0) & keys_valid.unsqueeze(1)).unsqueeze(1)  # (B, 1, T, S)
-        allowed = allowed | ~allowed.any(-1, keepdim=True)  # padded query rows: attend anywhere, no NaN
+        allowed = causal.unsqueeze(0) & keys_valid.unsqueeze(1)  # (B, T, S)
+        # one additive mask for every layer, broadcast over kv heads and each one's query heads; a
+        # padded query row that sees nothing gets uniform weights (finite; its output is never used)
+        bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        bias = bias[:, None, None]  # (B, 1, 1, T, S)
 
         x = model.model.embed_tokens(input_ids)
         cos, sin = model.model.rotary_emb(x, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D)
         h, kv, d = self.n_heads, self.n_kv, self.head_dim
         for i, layer in enumerate(model.model.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv_w, qkv_b, gate_up = self.fused[i]
-            qkv = F.linear(layer.input_layernorm(x), qkv_w, qkv_b)
-            q, k, v = qkv.split([h * d, kv * d, kv * d], dim=-1)
-            q = q.view(b, t, h, d).transpose(1, 2)
-            k = k.view(b, t, kv, d).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            qkv_proj, o_proj, gate_up_proj, down_proj = self.layers[i]
+            qk, v = qkv_proj(_rms(layer.input_layernorm, x)).split([(h + kv) * d, kv * d], dim=-1)
+            qk = qk.view(b, t, h + kv, d).transpose(1, 2)
+            q, k = (qk * cos + _rotate_half(qk) * sin).split([h, kv], dim=1)  # RoPE on queries and keys at once
             cache.keys[i, :, :, start : start + t] = k
             cache.values[i, :, :, start : start + t] = v.view(b, t, kv, d).transpose(1, 2)
             keys, values = cache.keys[i, :, :, : start + t], cache.values[i, :, :, : start + t]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=kv != h)
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(b, t, h * d))
-            gate, up = F.linear(layer.post_attention_layernorm(x), gate_up).chunk(2, dim=-1)
-            x = x + mlp.down_proj(mlp.act_fn(gate) * up)
+            out = _attention(q, keys, values, bias, layer.self_attn.scaling)
+            x = x + o_proj(out.transpose(1, 2).reshape(b, t, h * d))
+            gate, up = gate_up_proj(_rms(layer.post_attention_layernorm, x)).chunk(2, dim=-1)
+            x = x + down_proj(layer.mlp.act_fn(gate) * up)
         cache.length += t
         if last_only:
             x = x[:, -1:]
-        return model.lm_head(model.model.norm(x))
+        return self.head(_rms(model.model.norm, x))

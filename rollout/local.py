@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import torch
 
-from policy.generate import left_pad, sample_next
+from policy.generate import left_pad, sample_with_logprob
 from policy.mla_decode import LatentKVCache, MLADecoder
 from rollout.engine import Rollout, SamplingConfig
 from rollout.kv_decode import SUPPORTED, KVCache, LlamaDecoder
@@ -55,8 +55,18 @@ class _HFDecoder:
         return out.logits
 
 
-def _repeat_rows(cache, n: int):
-    return cache.repeat_rows(n) if isinstance(cache, LatentKVCache | KVCache) else None
+MIN_SHARED_PREFIX = 4  # tokens; a shorter common prefix is not worth its extra forward
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Length of the longest common prefix, kept one token short of the shortest row (every row
+    needs a token of its own to produce its first logits)."""
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(limit):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return max(limit, 0)
 
 
 def _select_rows(cache, rows: torch.Tensor):
@@ -82,6 +92,7 @@ class LocalEngine:
             self.decoder, self.engine = LlamaDecoder(self.model), "kv-decode"
         else:
             self.decoder, self.engine = _HFDecoder(self.model), "hf-forward"
+        self.decoder_copies_cache = not isinstance(self.decoder, _HFDecoder)  # caches with repeat_rows / select
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 
@@ -96,22 +107,37 @@ class LocalEngine:
         tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
         return any(s in tail for s in stop)
 
+    def _prefill(self, prompts: list[list[int]], n: int, max_new_tokens: int, device):
+        """The cache and next-token logits of every sample row (n per prompt, prompt-major).
+
+        The prompts' common prefix (a chat template's system turn, say) runs once and its cache is
+        copied to every prompt; each prompt's remainder runs once, left-padded after the prefix
+        (positions count real tokens only, so every row sees the positions of its own prompt); then
+        each prompt's cache is copied to its n samples. Without a cheap cache copy (the fallback
+        decoder) every sample row is prefilled whole."""
+        if not self.decoder_copies_cache:
+            ids, valid = left_pad([p for p in prompts for _ in range(n)], self.pad_id)
+            cache = self.decoder.allocate(len(prompts) * n, ids.shape[1] + max_new_tokens)
+            return cache, self.decoder.forward(ids.to(device), cache, valid.to(device), last_only=True)[:, -1]
+        shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        ids, valid = left_pad([p[shared:] for p in prompts], self.pad_id)
+        cache = self.decoder.allocate(1 if shared else len(prompts), shared + ids.shape[1] + max_new_tokens)
+        if shared:
+            self.decoder.forward(torch.tensor([prompts[0][:shared]], device=device), cache, last_only=True)
+            cache = cache.repeat_rows(len(prompts))
+        logits = self.decoder.forward(ids.to(device), cache, valid.to(device), last_only=True)[:, -1]
+        if n > 1:
+            cache, logits = cache.repeat_rows(n), logits.repeat_interleave(n, 0)
+        return cache, logits
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Rollout:
         start = time.perf_counter()
         device = self.model.get_input_embeddings().weight.device
         total = len(prompts) * n
-        ids, valid = left_pad(prompts, self.pad_id)
-        cache = self.decoder.allocate(len(prompts), ids.shape[1] + sampling.max_new_tokens)
-        logits = self.decoder.forward(ids.to(device), cache, valid.to(device), last_only=True)[:, -1]
-        if n > 1:
-            repeated = _repeat_rows(cache, n)
-            if repeated is None:  # no cheap cache copy: prefill every sample
-                ids, valid = ids.repeat_interleave(n, 0), valid.repeat_interleave(n, 0)
-                cache = self.decoder.allocate(total, ids.shape[1] + sampling.max_new_tokens)
-                logits = self.decoder.forward(ids.to(device), cache, valid.to(device), last_only=True)[:, -1]
-            else:
-                cache, logits = repeated, logits.repeat_interleave(n, 0)
+        cache, logits = self._prefill(prompts, n, sampling.max_new_tokens, device)
 
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
         budget = sampling.max_new_tokens
@@ -123,9 +149,8 @@ class LocalEngine:
         running = torch.ones(total, dtype=torch.bool)  # per cache row: still generating
         finished_since_compaction = 0
         for step in range(budget):
-            token = sample_next(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
-            scaled = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
-            token_lp = scaled.log_softmax(-1).gather(1, token.unsqueeze(1)).squeeze(1)
+            token, token_lp = sample_with_logprob(logits, sampling.temperature, sampling.top_k, sampling.top_p,
+                                                  generator)
             token, token_lp = token.cpu(), token_lp.cpu()
             rows = active[running]
             tokens[rows, step] = token[running]

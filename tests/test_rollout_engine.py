@@ -8,25 +8,29 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from grpo.batch import build_batch
 from grpo.learner import completion_logprobs
 from policy.experts import dense_experts_forward, loop_experts_forward
-from policy.generate import encode_prompts, left_pad
+from policy.generate import encode_prompts, left_pad, sample_with_logprob
 from policy.load import load_policy
+from policy.packed_linear import MIN_PACKED_ELEMENTS, PackedLinear
 from rollout.engine import Rollout, SamplingConfig, weights_checksum
 from rollout.kv_decode import LlamaDecoder
-from rollout.local import LocalEngine
+from rollout.local import MIN_SHARED_PREFIX, LocalEngine, _common_prefix
 
 
-def _small_llama():
+def _small_llama(hidden: int = 64, intermediate: int = 96):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=97, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     return LlamaForCausalLM(cfg).eval()
 
 
-def test_llama_decoder_matches_model_forward_with_left_padding():
-    model = _small_llama()
+@pytest.mark.parametrize("hidden, intermediate", [(64, 96), (256, 512)])  # the second packs its gate/up matrices
+def test_llama_decoder_matches_model_forward_with_left_padding(hidden, intermediate):
+    model = _small_llama(hidden, intermediate)
     rows = [[5, 6, 7, 8, 9], [11, 12]]
     ids, valid = left_pad(rows, 0)
     decoder = LlamaDecoder(model)
+    packed = [p.packed is not None for p in decoder.layers[0]]
+    assert packed == ([False] * 4 if hidden == 64 else [False, False, True, False])
     cache = decoder.allocate(2, 12)
     logits = decoder.forward(ids, cache, valid)
     step = decoder.forward(torch.tensor([[3], [4]]), cache)[:, -1]
@@ -34,6 +38,52 @@ def test_llama_decoder_matches_model_forward_with_left_padding():
         full = model(torch.tensor([row + [3 + i]])).logits[0]
         assert torch.allclose(logits[i, -1], full[-2], atol=1e-5)
         assert torch.allclose(step[i], full[-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 32), (800, 256)])
+def test_packed_linear_equals_f_linear(shape, dtype):
+    torch.manual_seed(0)
+    weight, bias = torch.randn(shape, dtype=dtype), torch.randn(shape[0], dtype=dtype)
+    layer = PackedLinear(weight, bias)
+    assert (layer.packed is not None) == (weight.numel() >= MIN_PACKED_ELEMENTS)
+    for x in (torch.randn(16, shape[1], dtype=dtype), torch.randn(3, 5, shape[1], dtype=dtype),
+              torch.randn(16, 2 * shape[1], dtype=dtype)[:, ::2]):
+        expected = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+        assert torch.allclose(layer(x).double(), expected, rtol=tolerance, atol=tolerance * shape[1] ** 0.5)
+    weight += 1  # a snapshot: the packed copy does not follow the weight
+    if layer.packed is not None:
+        assert not torch.allclose(layer(x).double(), torch.nn.functional.linear(x, weight, bias).double(), atol=1)
+
+
+def test_common_prefix_keeps_a_token_per_row():
+    assert _common_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert _common_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the first row keeps its last token
+    assert _common_prefix([[7, 2], [1, 2]]) == 0
+
+
+@pytest.mark.parametrize("kind", ["tiny", "llama"])
+def test_shared_prefix_prefill_gives_the_same_rollout(kind, monkeypatch):
+    """Prefilling the prompts' common prefix once gives the tokens and log-probs of prefilling
+    every prompt whole."""
+    if kind == "tiny":
+        model, tokenizer = load_policy("tiny")
+    else:
+        from policy.tokenizer import byte_chat_tokenizer
+
+        tokenizer, model = byte_chat_tokenizer(), _small_llama(256, 512)
+        model.resize_token_embeddings(len(tokenizer))
+    engine = LocalEngine(model, tokenizer)
+    prompts = encode_prompts(tokenizer, ["What is 2 + 3?", "What is 10 - 4?", "What is 7 + 18?"])
+    assert _common_prefix(prompts) >= 8 >= MIN_SHARED_PREFIX  # the chat header and "What is " are shared
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.8, seed=1)
+    shared = engine.generate(prompts, 2, sampling)
+    monkeypatch.setattr("rollout.local.MIN_SHARED_PREFIX", 10**6)
+    whole = engine.generate(prompts, 2, sampling)
+    assert shared.completion_ids == whole.completion_ids
+    for a, b in zip(shared.logprobs, whole.logprobs, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["tiny", "llama"])
@@ -132,3 +182,18 @@ def test_shared_prompt_logprobs_and_gradients_equal_one_forward(kind):
     assert torch.allclose(lp_a[mask], lp_b[mask], atol=1e-5)
     assert torch.allclose(ent_a[mask], ent_b[mask], atol=1e-5)
     assert g_a.shape == g_b.shape and torch.allclose(g_a, g_b, atol=1e-5)
+
+
+def test_sampler_draws_follow_the_distribution_and_report_their_logprob():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
+    generator = torch.Generator().manual_seed(0)
+    token, logp = sample_with_logprob(logits, 0.7, 0, 1.0, generator)
+    expected = (logits[0] / 0.7).softmax(-1)
+    frequency = torch.bincount(token, minlength=4).float() / token.numel()
+    assert torch.allclose(frequency, expected, atol=0.01)  # 20,000 draws: standard error <= 0.0035
+    assert torch.allclose(logp, (logits / 0.7).log_softmax(-1).gather(1, token.unsqueeze(1)).squeeze(1))
+    # a filter (top-k) changes the draw, not the reported log-probability (under logits / T)
+    token, logp = sample_with_logprob(logits[:3], 0.7, 1, 1.0, generator)
+    assert token.tolist() == [0, 0, 0] and torch.allclose(logp, expected[0].log().expand(3))
+    token, logp = sample_with_logprob(logits[:2], 0.0, 0, 1.0, generator)
+    assert token.tolist() == [0, 0] and torch.allclose(logp, logits[0].log_softmax(-1)[0].expand(2))
