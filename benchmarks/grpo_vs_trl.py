@@ -5,11 +5,13 @@
 SmolLM2-135M-Instruct on CPU, G = 4, 4 prompts per step, 32 new tokens, beta = 0.04, lr 1e-6,
 reward math_accuracy on the built-in arithmetic prompts (the same rows for both). TRL's
 GRPOTrainer runs in fp32 (its bf16 path on CPU takes minutes per step). Ours runs the full
-driver on a local Ray cluster twice:
+driver on a local Ray cluster three times:
 - "fp32, separate workers": the same precision as TRL; one rollout worker and one learner as Ray
   actors, the weights published to the object store and loaded by the worker every step;
-- "hybrid, bf16": the engine in the learner's process (`ray.placement: hybrid`), a bf16 engine
-  copy and bf16 autocast in the learner over fp32 weights (`train.mixed_precision: bf16`).
+- "hybrid, fp32": the same precision as TRL, the engine in the learner's process
+  (`ray.placement: hybrid`, the recipes' CPU setting), so a weight sync is an in-process copy;
+- "hybrid, bf16": as above with a bf16 engine copy and bf16 autocast in the learner over fp32
+  weights (`train.mixed_precision: bf16`).
 The first step of each run is warm-up and not counted. Ours prints its split: rollout, reward,
 learner, weight sync.
 """
@@ -56,7 +58,7 @@ def trl_seconds_per_step(rows, steps: int, out: Path) -> float:
     return statistics.mean(times[1:])
 
 
-def ours_seconds_per_step(steps: int, out: Path, fast: bool) -> dict[str, float]:
+def ours_seconds_per_step(steps: int, out: Path, hybrid: bool, bf16: bool) -> dict[str, float]:
     from deepalign.recipe import recipe_from_dict
     from grpo.config import GRPORecipe
     from grpo.driver import run
@@ -66,10 +68,10 @@ def ours_seconds_per_step(steps: int, out: Path, fast: bool) -> dict[str, float]
         "data": {"source": "builtin:arithmetic", "num_prompts": 64, "eval_prompts": 4, "max_digits": 2},
         "rewards": [{"name": "math_accuracy"}],
         "algorithm": {"group_size": 4, "prompts_per_step": 4, "beta": 0.04},
-        "rollout": {"max_new_tokens": 32, "dtype": "bfloat16" if fast else "float32"},
-        "ray": {"enabled": True, "num_cpus": 2, "placement": "hybrid" if fast else "colocated"},
+        "rollout": {"max_new_tokens": 32, "dtype": "bfloat16" if bf16 else "float32"},
+        "ray": {"enabled": True, "num_cpus": 2, "placement": "hybrid" if hybrid else "colocated"},
         "train": {"output_dir": str(out), "steps": steps + 1, "lr": 1e-6, "micro_batch_size": 16,
-                  "mixed_precision": "bf16" if fast else "no"},
+                  "mixed_precision": "bf16" if bf16 else "no"},
         "log": {"progress": False, "tensorboard": False},
     })
     run(recipe)
@@ -89,8 +91,9 @@ def main() -> None:
     rows, _ = load_prompts("builtin:arithmetic", 64, 4, 0, 2)
     ours = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, fast in (("fp32, separate workers", False), ("hybrid, bf16", True)):
-            ours[label] = ours_seconds_per_step(args.steps, Path(tmp) / label.replace(" ", "_"), fast)
+        for label, hybrid, bf16 in (("fp32, separate workers", False, False), ("hybrid, fp32", True, False),
+                                    ("hybrid, bf16", True, True)):
+            ours[label] = ours_seconds_per_step(args.steps, Path(tmp) / label.replace(" ", "_"), hybrid, bf16)
             ray.shutdown()
         theirs = trl_seconds_per_step(rows, args.steps, Path(tmp) / "trl")
     print(f"\nSmolLM2-135M-Instruct, G=4, 4 prompts/step, 32 new tokens, beta 0.04, {args.steps} timed steps")

@@ -1,8 +1,8 @@
 """Built-in synthetic tasks for demos and tests (no downloads).
 
 `arithmetic_problem(rng)`: "What is 47 + 385?" with its answer; `arithmetic_chat(rng)`: the same
-as a chat with a short worked answer in a fixed format ("47 + 385 = 432"), the demo SFT task
-and the start of the GRPO demo. `word_problem(rng)`: a templated word problem ("Ana has 30
+as a chat answered at once ("47 + 385 = 432") or, with probability `worked_fraction`, with the
+columns worked out first (`worked_answer`), the demo SFT task and the start of the GRPO demo. `word_problem(rng)`: a templated word problem ("Ana has 30
 coins and gets 37 more. ...") with its answer: addition, subtraction or multiplication said in
 words, the GRPO demo's stage-1 task and the shipped math evaluation set.
 """
@@ -22,28 +22,44 @@ def arithmetic_problem(rng: random.Random, max_digits: int = 3) -> tuple[str, st
 
 
 def worked_answer(question: str) -> str:
-    """Column arithmetic written out, right to left, ending with the result.
+    """Column arithmetic written out right to left, the result growing a digit per column, then
+    the answer. Each column writes its sum (with the carry or borrow it passes on) and then the
+    result so far: the new digit in front of the previous one, so every step reads only what it
+    just wrote (a short copy), never the digits of earlier columns in reverse order. The last
+    column puts its whole sum in front; leading zeros are dropped.
 
     >>> worked_answer("47 + 385")
-    '7+5=12 c1, 4+8+1=13 c1, 0+3+1=4. 47 + 385 = 432'
+    '7+5=12 c1: 2, 4+8+1=13 c1: 32, 0+3+1=4: 432. Answer: 432'
     >>> worked_answer("52 - 38")
-    '12-8=4 b1, 4-3=1. 52 - 38 = 14'
+    '12-8=4 b1: 4, 4-3=1: 14. Answer: 14'
+    >>> worked_answer("97 + 5")
+    '7+5=12 c1: 2, 9+0+1=10: 102. Answer: 102'
+    >>> worked_answer("52 - 48")
+    '12-8=4 b1: 4, 4-4=0: 4. Answer: 4'
     """
     left, op, right = question.split()
     a, b = left[::-1], right[::-1]
-    steps, carry = [], 0
-    for i in range(max(len(a), len(b))):
+    columns = max(len(a), len(b))
+    steps, carry, digits = [], 0, ""
+    for i in range(columns):
         x, y = int(a[i]) if i < len(a) else 0, int(b[i]) if i < len(b) else 0
+        last = i == columns - 1
         if op == "+":
+            column = f"{x}+{y}{'+1' if carry else ''}"
             total = x + y + carry
-            steps.append(f"{x}+{y}{'+1' if carry else ''}={total}{' c1' if total > 9 else ''}")
             carry = int(total > 9)
+            column += f"={total}{' c1' if carry and not last else ''}"
+            digits = (str(total) if last else str(total % 10)) + digits
         else:
             x -= carry
             carry = int(x < y)
-            steps.append(f"{x + 10 * carry}-{y}={x + 10 * carry - y}{' b1' if carry else ''}")
-    result = int(left) + int(right) if op == "+" else int(left) - int(right)
-    return f"{', '.join(steps)}. {question} = {result}"
+            total = x + 10 * carry - y
+            column = f"{x + 10 * carry}-{y}={total}{' b1' if carry else ''}"
+            digits = str(total) + digits
+        if last:
+            digits = digits.lstrip("0") or "0"
+        steps.append(f"{column}: {digits}")
+    return f"{', '.join(steps)}. Answer: {digits}"
 
 
 def arithmetic_chat(rng: random.Random, max_digits: int = 3, worked_fraction: float = 0.0) -> list[dict[str, str]]:

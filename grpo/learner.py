@@ -4,10 +4,13 @@ One `Learner` per process of the learner group. With several, they form one torc
 group (gloo on CPU, NCCL on GPU) and the policy is sharded with FSDP2 (sft/distributed.py),
 each rank taking its share of the batch's rows; with a DeepSeekMoE policy the routed experts are
 split over the learners instead (expert parallelism, sft/expert_parallel.py). The reference model
-is frozen and sharded with FSDP2 alone. MoE balance losses are added to the loss when the policy
-has experts (token dropping is off for log-probs: dropped tokens would make pi_theta and pi_old
-disagree). Each distinct prompt of a batch runs once and its KV cache serves its G completions
-(`completion_logprobs`), except when balance losses need every row's tokens.
+is frozen and sharded with FSDP2 alone. Each distinct prompt of a batch runs once and its KV
+cache serves its G completions (`completion_logprobs`). MoE balance losses are added to the loss
+when the policy has experts; they are taken over the completion tokens the model reads (all
+but the batch's last column, which is only predicted), each completion one sequence: a
+departure from SFT's every-token balance, since a prompt's tokens are routed the same in all G
+rows and run once here. Token dropping is off for log-probs: dropped tokens would make
+pi_theta and pi_old disagree.
 
 Log-probs are taken at temperature `rollout.temperature`, the distribution the engine sampled
 from. `full_state_dict()` gathers unsharded weights for the rollout workers.
@@ -47,8 +50,8 @@ def completion_logprobs(model, batch: GRPOBatch, temperature: float, device, ent
 
     share_prompts: rows with the same prompt (a group's G samples) run that prompt once; its KV cache
     is then repeated for each row's completion (`_shared_prompt_logits`). Same numbers as one forward
-    over the whole rows, on fewer tokens. The output is then the completion forward's, so callers that
-    need balance losses over every token pass share_prompts=False."""
+    over the whole rows, on fewer tokens. The output is then the completion forward's (its MoE
+    balance losses cover the completion tokens); share_prompts=False gives the whole rows'."""
     ids = batch.input_ids.to(device)
     attention = batch.attention_mask.to(device)
     positions = (attention.long().cumsum(1) - 1).clamp(min=0)
@@ -102,14 +105,6 @@ def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> t
 
 def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _has_balance_losses(model) -> bool:
-    base = _base(model)
-    if not isinstance(base, DeepseekV2Policy):
-        return False
-    o = base.moe_options
-    return max(o.expert_balance_alpha, o.device_balance_alpha, o.comm_balance_alpha) > 0
 
 
 class Learner:
@@ -190,15 +185,13 @@ class Learner:
         metrics: dict[str, float] = {}
         totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "is_weight": 0.0}
         skipped = 0
-        # balance losses are taken over every token of every row: no shared prompt forward then
-        balance = a.balance_loss and _has_balance_losses(self.model)
         for _ in range(a.mu):
             sums = dict.fromkeys(totals, 0.0)
             for start in range(0, mine.input_ids.shape[0], t.micro_batch_size):
                 micro = mine.rows(slice(start, start + t.micro_batch_size))
                 with self._autocast():
                     logp, out = completion_logprobs(self.model, micro, self.recipe.rollout.temperature,
-                                                    self.info.device, entropy=True, share_prompts=not balance)
+                                                    self.info.device, entropy=True)
                 mask = micro.completion_mask.to(logp.device)
                 old = micro.old_logp.to(logp.device) if micro.old_logp is not None else logp.detach()
                 weights = None

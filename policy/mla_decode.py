@@ -264,7 +264,7 @@ def _mlp_step(w: _DecodeLayer, x: torch.Tensor) -> torch.Tensor:
     # anyway, and two matmuls beat grouped matmuls over groups of one or two tokens
     scores = F.linear(h.float(), w.router).softmax(dim=-1)
     weights, indices = select_experts(scores, mlp.top_k, mlp.n_group, mlp.topk_group)
-    mix = w.always_on.repeat(h.shape[0], 1).scatter_add_(1, indices, weights * mlp.routed_scaling_factor)
+    mix = w.always_on.expand(h.shape[0], -1).scatter_add(1, indices, weights * mlp.routed_scaling_factor)
     gate, up = w.experts_in(h).view(h.shape[0], mix.shape[1], -1).chunk(2, dim=-1)
     mixed = mlp.experts.act_fn(gate) * up * mix.unsqueeze(-1).to(h.dtype)  # (B, E + S, I)
     return w.experts_out(mixed.flatten(1))
@@ -327,7 +327,7 @@ class MLADecoder:
         cache.length += t
         if last_only:
             x = x[:, -1:]
-        return self.head(model.model.norm(x))
+        return self.head(_rms(model.model.norm, x))
 
     def _step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache: LatentKVCache) -> torch.Tensor:
         slot = cache.length

@@ -41,11 +41,9 @@ def select_experts(
         group_keep.scatter_(1, group_idx, True)
         expert_keep = group_keep.repeat_interleave(num_experts // n_group, dim=1)
         # -1 is below every softmax score, so a masked expert is never picked.
-        candidates = scores.masked_fill(~expert_keep, -1.0)
-        indices = candidates.topk(top_k, dim=-1).indices
-    else:
-        indices = scores.topk(top_k, dim=-1).indices
-    return scores.gather(1, indices), indices
+        # (top_k never exceeds the kept experts, so every value picked is an unmasked score)
+        return scores.masked_fill(~expert_keep, -1.0).topk(top_k, dim=-1)
+    return scores.topk(top_k, dim=-1)
 
 
 def capacity_keep_mask(

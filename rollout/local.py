@@ -3,7 +3,11 @@
 - DeepSeek-V2 policies decode with the absorbed-MLA path over the 576-per-token latent cache
   (policy/mla_decode.py); Llama-family models (SmolLM2) with rollout/kv_decode.py; any other
   causal LM through its own forward and transformers' dynamic cache.
-- Each prompt is prefilled once and its cache copied to its G samples.
+- Prefill runs the prompts' common prefix once (a chat template's header and system prompt are
+  most of a short prompt: 27 of the 40 tokens of a SmolLM2 arithmetic prompt), then each
+  prompt's remainder once, and copies each prompt's cache to its G samples (`_prefill`).
+  Vocabulary-size matmuls and every other large weight run from oneDNN's packed layout
+  (policy/packed_linear.py).
 - Rows stop on EOS or a stop string; finished rows are dropped from the batch (the cache is
   compacted) once a quarter of the active rows have finished, so the batch does not carry dead
   rows to the end.

@@ -10,9 +10,10 @@ def length_reward(prompts, completions, **_):
     return [float(len(c)) / 10 for c in completions]
 
 
-def sevens_reward(prompts, completions, **_):
-    """The fraction of characters that are '7': any policy can learn this in a few steps."""
-    return [c.count("7") / max(len(c), 1) for c in completions]
+def digits_reward(prompts, completions, **_):
+    """The fraction of characters that are ASCII digits: an untrained byte-level policy writes a
+    few (10 of 256 bytes), and any policy can learn to write more in a few steps."""
+    return [sum(ch in "0123456789" for ch in c) / max(len(c), 1) for c in completions]
 
 
 def broken_reward(prompts, completions, **_):

@@ -38,15 +38,15 @@ def _weights(folder):
 
 def test_run_improves_an_easy_reward_and_writes_eval(tmp_path):
     recipe = _recipe(tmp_path, train={"steps": 8, "lr": 1e-2}, algorithm={"beta": 0.0, "prompts_per_step": 4},
-                     rewards=[{"name": "tests.grpo_helpers:sevens_reward", "alias": "sevens"}])
+                     rewards=[{"name": "tests.grpo_helpers:digits_reward", "alias": "digits"}])
     final = run(recipe)
     history = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert (final / "config.json").exists()
-    assert set(history) == {"start", "end"} and "eval/sevens" in history["end"]
+    assert set(history) == {"start", "end"} and "eval/digits" in history["end"]
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 9))
     first, last = steps[0]["reward/mean"] + steps[1]["reward/mean"], steps[-1]["reward/mean"] + steps[-2]["reward/mean"]
-    assert last > 2 * first  # more sevens: the policy learned the reward
+    assert last > 2 * first  # more digits: the policy learned the reward
 
 
 def test_resume_is_exact(tmp_path):

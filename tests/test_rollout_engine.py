@@ -197,3 +197,27 @@ def test_sampler_draws_follow_the_distribution_and_report_their_logprob():
     assert token.tolist() == [0, 0, 0] and torch.allclose(logp, expected[0].log().expand(3))
     token, logp = sample_with_logprob(logits[:2], 0.0, 0, 1.0, generator)
     assert token.tolist() == [0, 0] and torch.allclose(logp, logits[0].log_softmax(-1)[0].expand(2))
+
+
+def test_shared_prompt_balance_losses_cover_the_completion_tokens():
+    """With shared prompts the MoE balance losses are the completion tokens' alone: equal to one
+    forward over the whole rows in which only completion tokens belong to a sequence (one per row).
+    The last column is no input there (it is only predicted), so it is left out too."""
+    torch.manual_seed(0)
+    model = load_policy("tiny")[0].train()
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    completions = [[20, 21, 22, 2], [23, 24], [25], [26, 27, 28, 29], [30, 31, 32], [33]]
+    rollout = Rollout(prompt_ids=[prompts[i // 3] for i in range(6)], completion_ids=completions,
+                      logprobs=[[0.0] * len(x) for x in completions], texts=[""] * 6, finish_reasons=["stop"] * 6)
+    batch = build_batch(rollout, torch.randn(6), pad_id=model.config.vocab_size - 1)
+    _, shared = completion_logprobs(model, batch, 1.0, torch.device("cpu"))
+    ids, attention, c = batch.input_ids, batch.attention_mask, batch.completion_width
+    sequence_ids = torch.full_like(ids, -1)
+    sequence_ids[:, -c:-1] = torch.where(batch.completion_mask[:, :-1], 0, -1)
+    positions = (attention.long().cumsum(1) - 1).clamp(min=0)
+    full = model(input_ids=ids, attention_mask=attention.long(), position_ids=positions, sequence_ids=sequence_ids,
+                 token_dropping=False, use_cache=False)
+    assert set(shared.balance_losses) == set(full.balance_losses) == {"expert", "device", "communication"}
+    for name, value in full.balance_losses.items():
+        assert value > 0 and torch.allclose(shared.balance_losses[name], value, rtol=1e-5), name
+    assert torch.allclose(shared.aux_loss, full.aux_loss, rtol=1e-5)
