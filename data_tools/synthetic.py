@@ -2,9 +2,10 @@
 
 `arithmetic_problem(rng)`: "What is 47 + 385?" with its answer; `arithmetic_chat(rng)`: the same
 as a chat answered at once ("47 + 385 = 432") or, with probability `worked_fraction`, with the
-columns worked out first (`worked_answer`), the demo SFT task and the start of the GRPO demo. `word_problem(rng)`: a templated word problem ("Ana has 30
-coins and gets 37 more. ...") with its answer: addition, subtraction or multiplication said in
-words, the GRPO demo's stage-1 task and the shipped math evaluation set.
+columns worked out first (`worked_answer`): the demo SFT task and the start of the GRPO demo.
+`word_problem(rng)`: a templated word problem ("Ana has 30 coins and gets 37 more. ...") with its
+answer: addition, subtraction or multiplication said in words (`builtin:word` prompts and the
+shipped math evaluation set).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: 
 
 
 def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm as one fused kernel (the module's own forward is seven operators)."""
+    """The model's RMSNorm through `F.rms_norm` (one call; the module's own forward is seven)."""
     return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
 
 
