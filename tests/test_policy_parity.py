@@ -142,6 +142,21 @@ def test_grouped_experts_equal_loop_and_transformers(with_drops):
         torch.testing.assert_close(ours, hf(x, indices, weights), rtol=1e-5, atol=1e-5)
 
 
+def test_grouped_experts_gradients_are_the_same_every_run_on_two_threads():
+    """The input gradient sums each token's top-k contributions; with two threads that sum must
+    not depend on scheduling (advanced indexing's accumulating backward did: SFT runs differed)."""
+    torch.set_num_threads(2)  # conftest puts it back to one after the test
+    torch.manual_seed(0)
+    n, h, i, e, k = 4096, 64, 16, 16, 4
+    x = torch.randn(n, h, requires_grad=True)
+    gate_up, down = torch.randn(e, 2 * i, h) * 0.1, torch.randn(e, h, i) * 0.1
+    indices = torch.stack([torch.randperm(e)[:k] for _ in range(n)])
+    weights, grad_out = torch.rand(n, k), torch.randn(n, h)
+    grads = [torch.autograd.grad(grouped_experts_forward(x, indices, weights, None, gate_up, down,
+                                                         torch.nn.functional.silu), x, grad_out)[0] for _ in range(4)]
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_moe_layer_gradients_match_transformers(config):
     reference, ours = _pair(config, EXTRAS_OFF)
     reference.train()

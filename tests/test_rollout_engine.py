@@ -221,3 +221,31 @@ def test_shared_prompt_balance_losses_cover_the_completion_tokens():
     for name, value in full.balance_losses.items():
         assert value > 0 and torch.allclose(shared.balance_losses[name], value, rtol=1e-5), name
     assert torch.allclose(shared.aux_loss, full.aux_loss, rtol=1e-5)
+
+
+def test_fallback_decoder_for_other_architectures():
+    """A causal LM that is neither DeepSeek-V2 nor Llama-family (GPT-2) decodes through its own
+    forward: greedy tokens equal transformers' `generate`, sampled log-probs equal the learner's."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from policy.tokenizer import byte_chat_tokenizer
+
+    tokenizer = byte_chat_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                        initializer_range=0.3, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(config).eval()
+    engine = LocalEngine(model, tokenizer)
+    assert engine.engine == "hf-forward"
+    prompts = encode_prompts(tokenizer, ["hi", "a longer prompt"])
+    greedy = engine.generate(prompts, 2, SamplingConfig(max_new_tokens=6, temperature=0.0))
+    for i, prompt in enumerate(prompts):
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        assert greedy.completion_ids[2 * i] == greedy.completion_ids[2 * i + 1] == expected
+    assert len(set(map(tuple, greedy.completion_ids))) == 2  # the two prompts differ
+    sampled = engine.generate(prompts, 3, SamplingConfig(max_new_tokens=8, temperature=0.8, seed=1))
+    batch = build_batch(sampled, torch.zeros(6), tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, batch, 0.8, torch.device("cpu"))
+    assert torch.allclose(logp[batch.completion_mask], batch.rollout_logp[batch.completion_mask], atol=1e-4)
