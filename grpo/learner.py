@@ -97,10 +97,19 @@ def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> t
     prompt = model(input_ids=ids[first, :p], attention_mask=attention[first, :p].long(),
                    position_ids=positions[first, :p], use_cache=True, logits_to_keep=1, **kwargs)
     cache = prompt.cache
-    cache.batch_select_indices(inverse)
+    _select_cache_rows(cache, inverse)
     rest = model(input_ids=ids[:, p : p + c - 1], attention_mask=attention[:, : p + c - 1].long(),
                  position_ids=positions[:, p : p + c - 1], cache=cache, use_cache=True, **kwargs)
-    return torch.cat([prompt.logits[inverse], rest.logits], dim=1), rest
+    return torch.cat([prompt.logits.index_select(0, inverse), rest.logits], dim=1), rest
+
+
+def _select_cache_rows(cache, rows: torch.Tensor) -> None:
+    """transformers' `cache.batch_select_indices(rows)`, with index_select: the same rows, and a
+    backward that sums the G copies' gradients in a fixed order (advanced indexing's accumulating
+    backward varies with the CPU threads, so runs of the same recipe drifted apart)."""
+    for layer in cache.layers:
+        if layer.get_seq_length() > 0:
+            layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
 
 
 def _base(model):

@@ -6,9 +6,8 @@ decoder reuses the model's own modules (norms, rotary embedding) but runs a lean
 QKV matmul and one fused gate/up matmul per layer, every large matrix (the output layer too) in
 oneDNN's packed layout (policy/packed_linear.py), all rebuilt from the model's weights at load
 and on every weight update; keys and values written in place into (L, B, H_kv, S, D) buffers,
-and grouped-query attention as two batched matmuls. Rows may be left-padded
-(`valid`); positions count only real tokens. Tests hold its logits equal to the model's own
-forward.
+and grouped-query attention as two batched matmuls. Rows may be left-padded (`valid`);
+positions count only real tokens. Tests hold its logits equal to the model's own forward.
 """
 
 from __future__ import annotations

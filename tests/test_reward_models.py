@@ -108,3 +108,32 @@ def test_trained_rm_loads_as_reward_model_and_as_ray_actor(trained_rm):
     local = RewardModelScorer(str(final)).score(prompts, completions)
     assert remote == pytest.approx(local, abs=1e-5)
     assert local == pytest.approx(scores, abs=1e-5)
+
+
+def test_rm_training_gives_the_same_weights_every_run_on_two_threads(tmp_path):
+    """An RM initialised from a saved DeepSeek-V2 checkpoint (as the pipeline's are, from the SFT
+    model) gets transformers' `grouped_mm` experts, whose CPU backward varied run to run."""
+    from safetensors.torch import load_file
+
+    from deepalign.recipe import recipe_from_dict
+    from policy.load import load_policy
+    from rewards.rm_train import RMRecipe, train_reward_model
+
+    policy, tokenizer = load_policy("tiny", seed=0)
+    policy.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    weights = []
+    for run in range(2):
+        recipe = recipe_from_dict(RMRecipe, {
+            "policy": {"name": str(tmp_path / "policy")},
+            "data": {"source": "builtin:helpful", "num_examples": 200, "max_length": 96},
+            "train": {"output_dir": str(tmp_path / str(run)), "max_steps": 4, "batch_size": 16, "lr": 1e-3,
+                      "eval_every": 100, "threads": 2},
+            "log": {"progress": False, "tensorboard": False},
+        })
+        final, _ = train_reward_model(recipe)
+        weights.append(load_file(next(final.glob("*.safetensors"))))
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+    assert not torch.are_deterministic_algorithms_enabled()  # the mode ends with training
