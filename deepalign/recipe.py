@@ -54,18 +54,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each dotted key; a number indexes a list ('rewards.1.weight=0.3')."""
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
+        node, parent = data, ""
         for k in keys[:-1]:
+            if isinstance(node, list):
+                node, parent = node[_list_index(node, k, parent, text)], k
+                continue
             child = node.get(k)
             if child is None:
                 child = node[k] = {}
-            if not isinstance(child, dict):
+            if not isinstance(child, dict | list):
                 raise RecipeError(f"override {text!r}: '{k}' is not a section")
-            node = child
-        node[keys[-1]] = value
+            node, parent = child, k
+        if isinstance(node, list):
+            node[_list_index(node, keys[-1], parent, text)] = value
+        else:
+            node[keys[-1]] = value
     return data
+
+
+def _list_index(items: list, key: str, parent: str, text: str) -> int:
+    if not key.isdigit() or int(key) >= len(items):
+        raise RecipeError(f"override {text!r}: '{parent}' is a list of {len(items)}; "
+                          f"index it with 0-{len(items) - 1}, got {key!r}")
+    return int(key)
 
 
 def _type_name(tp: Any) -> str:

@@ -32,6 +32,28 @@ def test_valid_recipe_with_overrides(tmp_path):
     assert isinstance(recipe.inner.rate, float)
 
 
+@dataclass
+class Item:
+    name: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class WithItems:
+    items: list[Item] = field(default_factory=list)
+
+
+def test_overrides_index_lists(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("items:\n  - name: a\n    params: {path: old}\n  - name: b\n")
+    recipe = load_recipe(path, WithItems, ["items.0.params.path=new", "items.1.name=c"])
+    assert recipe == WithItems(items=[Item("a", {"path": "new"}), Item("c")])
+    with pytest.raises(RecipeError, match=r"'items' is a list of 2; index it with 0-1, got '2'"):
+        load_recipe(path, WithItems, ["items.2.name=x"])
+    with pytest.raises(RecipeError, match=r"'items' is a list of 2; index it with 0-1, got 'name'"):
+        load_recipe(path, WithItems, ["items.name=x"])
+
+
 def test_unknown_key_lists_valid_keys(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text("name: x\ninner:\n  rte: 1\n")

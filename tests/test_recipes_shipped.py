@@ -38,3 +38,16 @@ def test_recipe_validates(path):
         validate(recipe)
     if schema is PipelineRecipe:
         assert len(stage_recipes(recipe)) == len(recipe.stages)  # every stage's own recipe validates
+
+
+def test_demo_pipeline_stages_read_the_checkpoints_it_trains(tmp_path):
+    """With output_dir moved, stage 2 and compare score with the RMs this run trains, not runs/demo's."""
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/demo/pipeline.yaml", PipelineRecipe,
+                         [f"output_dir={tmp_path}"])
+    stages = {stage.name: (stage, built) for stage, built, _ in stage_recipes(recipe)}
+    stage2 = stages["grpo_stage2"][1]
+    assert [r.params.get("path") for r in stage2.rewards[:2]] == [f"{tmp_path}/rm_helpful/final",
+                                                                  f"{tmp_path}/rm_safety/final"]
+    assert stage2.policy.name == stage2.reference == f"{tmp_path}/grpo_stage1/final"
+    assert stages["compare"][1].reward_model == f"{tmp_path}/rm_helpful/final"
+    assert stages["compare"][0].checkpoints == [f"{tmp_path}/{s}/final" for s in ("sft", "grpo_stage1", "grpo_stage2")]
