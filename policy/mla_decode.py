@@ -220,7 +220,8 @@ def _stack_experts(moe: DeepSeekMoE) -> tuple[torch.Tensor, torch.Tensor, torch.
     return experts_in, experts_out, always_on
 
 
-def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm module through `F.rms_norm` (one call; the module's forward is seven)."""
     return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
 
 
@@ -231,17 +232,17 @@ def _absorbed_step(w: _DecodeLayer, x: torch.Tensor, freqs_cis: torch.Tensor, kv
     a = w.attn
     b = x.shape[0]
     n_heads, d_nope, d_rope, d_c = a.num_heads, a.qk_nope_head_dim, a.qk_rope_head_dim, a.kv_lora_rank
-    h = _rms(w.norm_in, x)
+    h = rms_norm(w.norm_in, x)
     down = w.w_a(h)
     if a.q_lora_rank is not None:
         q_a, c_kv, k_rope = down.split([a.q_lora_rank, d_c, d_rope], dim=-1)
-        q = w.w_q(_rms(a.q_a_layernorm, q_a))
+        q = w.w_q(rms_norm(a.q_a_layernorm, q_a))
     else:
         c_kv, k_rope = down.split([d_c, d_rope], dim=-1)
         q = w.w_q(h)
     q_nope, q_rope = q.view(b, n_heads, d_nope + d_rope).split([d_nope, d_rope], dim=-1)
     rope = apply_rope(torch.cat([q_rope, k_rope.unsqueeze(1)], dim=1), freqs_cis)  # heads and the key at once
-    kv[:, slot, :d_c] = _rms(a.kv_a_layernorm, c_kv)
+    kv[:, slot, :d_c] = rms_norm(a.kv_a_layernorm, c_kv)
     kv[:, slot, d_c:] = rope[:, n_heads]
     keys = kv[:, : slot + 1]  # (B, S, d_c + d_r)
     query = torch.cat([torch.bmm(q_nope.transpose(0, 1), w.w_uk).transpose(0, 1), rope[:, :n_heads]], dim=-1)
@@ -253,7 +254,7 @@ def _absorbed_step(w: _DecodeLayer, x: torch.Tensor, freqs_cis: torch.Tensor, kv
 
 
 def _mlp_step(w: _DecodeLayer, x: torch.Tensor) -> torch.Tensor:
-    h = _rms(w.norm_post, x)
+    h = rms_norm(w.norm_post, x)
     mlp = w.mlp
     if w.gate_up is not None:
         gate, up = w.gate_up(h).chunk(2, dim=-1)
@@ -327,7 +328,7 @@ class MLADecoder:
         cache.length += t
         if last_only:
             x = x[:, -1:]
-        return self.head(_rms(model.model.norm, x))
+        return self.head(rms_norm(model.model.norm, x))
 
     def _step(self, x: torch.Tensor, freqs_cis: torch.Tensor, cache: LatentKVCache) -> torch.Tensor:
         slot = cache.length

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from policy.mla_decode import rms_norm
 from policy.packed_linear import PackedLinear
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -62,11 +62,6 @@ def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: 
     scores = torch.matmul(q.reshape(b, kv, g * t, d), keys.transpose(-1, -2)).view(b, kv, g, t, -1)
     probs = (scores.float() * scale + bias).softmax(-1).to(q.dtype)
     return torch.matmul(probs.view(b, kv, g * t, -1), values).view(b, h, t, d)
-
-
-def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm through `F.rms_norm` (one call; the module's own forward is seven)."""
-    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
 
 
 class LlamaDecoder:
@@ -131,7 +126,7 @@ class LlamaDecoder:
         h, kv, d = self.n_heads, self.n_kv, self.head_dim
         for i, layer in enumerate(model.model.layers):
             qkv_proj, o_proj, gate_up_proj, down_proj = self.layers[i]
-            qk, v = qkv_proj(_rms(layer.input_layernorm, x)).split([(h + kv) * d, kv * d], dim=-1)
+            qk, v = qkv_proj(rms_norm(layer.input_layernorm, x)).split([(h + kv) * d, kv * d], dim=-1)
             qk = qk.view(b, t, h + kv, d).transpose(1, 2)
             q, k = (qk * cos + _rotate_half(qk) * sin).split([h, kv], dim=1)  # RoPE on queries and keys at once
             cache.keys[i, :, :, start : start + t] = k
@@ -139,9 +134,9 @@ class LlamaDecoder:
             keys, values = cache.keys[i, :, :, : start + t], cache.values[i, :, :, : start + t]
             out = _attention(q, keys, values, bias, layer.self_attn.scaling)
             x = x + o_proj(out.transpose(1, 2).reshape(b, t, h * d))
-            gate, up = gate_up_proj(_rms(layer.post_attention_layernorm, x)).chunk(2, dim=-1)
+            gate, up = gate_up_proj(rms_norm(layer.post_attention_layernorm, x)).chunk(2, dim=-1)
             x = x + down_proj(layer.mlp.act_fn(gate) * up)
         cache.length += t
         if last_only:
             x = x[:, -1:]
-        return self.head(_rms(model.model.norm, x))
+        return self.head(rms_norm(model.model.norm, x))
