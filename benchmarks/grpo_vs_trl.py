@@ -59,19 +59,20 @@ def trl_seconds_per_step(rows, steps: int, out: Path) -> float:
 
 
 def ours_seconds_per_step(steps: int, out: Path, hybrid: bool, bf16: bool) -> dict[str, float]:
-    from deepalign.recipe import recipe_from_dict
     from grpo.config import GRPORecipe
     from grpo.driver import run
+    from train.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(GRPORecipe, {
         "policy": {"name": MODEL},
         "data": {"source": "builtin:arithmetic", "num_prompts": 64, "eval_prompts": 4, "max_digits": 2},
         "rewards": [{"name": "math_accuracy"}],
-        "algorithm": {"group_size": 4, "prompts_per_step": 4, "beta": 0.04},
-        "rollout": {"max_new_tokens": 32, "dtype": "bfloat16" if bf16 else "float32"},
+        "algorithm": {"group_size": 4, "prompts_per_step": 4, "loss": {"beta": 0.04}},
+        "rollout": {"sampling": {"max_new_tokens": 32}, "dtype": "bfloat16" if bf16 else "float32"},
         "ray": {"enabled": True, "num_cpus": 2, "placement": "hybrid" if hybrid else "colocated"},
-        "train": {"output_dir": str(out), "steps": steps + 1, "lr": 1e-6, "micro_batch_size": 16,
+        "train": {"output_dir": str(out), "steps": steps + 1, "micro_batch_size": 16,
                   "mixed_precision": "bf16" if bf16 else "no"},
+        "optim": {"lr": 1e-6},
         "log": {"progress": False, "tensorboard": False},
     })
     run(recipe)
@@ -86,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from grpo.tasks import load_prompts
+    from data_tools.prompts import load_prompts
 
     rows, _ = load_prompts("builtin:arithmetic", 64, 4, 0, 2)
     ours = {}

@@ -17,14 +17,14 @@ import time
 
 import torch
 
-from policy.generate import encode_prompts, left_pad
-from policy.load import load_policy
+from data_tools.chat import encode_prompts
+from policy.load import load_policy, pad_token_id
 from rollout.engine import SamplingConfig
-from rollout.local import LocalEngine
+from rollout.local import LocalEngine, left_pad
 
 
 def hf_generate(model, tokenizer, rows, new_tokens: int) -> float:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     ids, valid = left_pad(rows, pad)
     start = time.perf_counter()
     with torch.no_grad():

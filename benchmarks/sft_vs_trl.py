@@ -37,18 +37,18 @@ def run_ours(chats, args) -> tuple[float, int]:
 
     from data_tools.chat import render_chat
     from data_tools.packing import pack_documents
-    from deepalign.recipe import recipe_from_dict
     from policy.load import load_policy
     from sft.config import SFTRecipe
     from sft.data import BatchOrder, rows_to_columns
-    from sft.distributed import DistInfo
     from sft.trainer import train_step
+    from train.distributed import DistInfo
+    from train.recipe import recipe_from_dict
 
     model, tokenizer = load_policy("smollm2-135m-instruct")
     model.train()
     rows = list(pack_documents((render_chat(tokenizer, c) for c in chats), args.seq, tokenizer.pad_token_id))
     data = Dataset.from_dict(rows_to_columns(rows))
-    recipe = recipe_from_dict(SFTRecipe, {"train": {"micro_batch_size": args.batch, "lr": args.lr}})
+    recipe = recipe_from_dict(SFTRecipe, {"train": {"micro_batch_size": args.batch}, "optim": {"lr": args.lr}})
     order = BatchOrder(len(data), 0, args.batch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -56,7 +56,7 @@ def run_ours(chats, args) -> tuple[float, int]:
     train_step(model, data, order, optimizer, scheduler, recipe, info)  # warm-up
     tokens, start = 0, time.perf_counter()
     for _ in range(args.steps):
-        tokens += int(train_step(model, data, order, optimizer, scheduler, recipe, info)["train/tokens"])
+        tokens += int(train_step(model, data, order, optimizer, scheduler, recipe, info)[0]["train/tokens"])
     return time.perf_counter() - start, tokens
 
 

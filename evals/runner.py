@@ -16,38 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from evals import data as eval_data
 from evals import suites as S
+from evals.config import EvalSettings
 from evals.data import EvalError
-
-
-@dataclass
-class EvalSettings:
-    suites: list[str] = field(default_factory=lambda: ["math", "safety", "stats"])
-    temperature: float = 0.0
-    samples: int = 1
-    pass_k: list[int] = field(default_factory=lambda: [1])
-    max_new_tokens: int = 128
-    batch_size: int = 16
-    seed: int = 0
-    math_data: str = "shipped"
-    math_limit: int | None = None
-    chat_data: str = "builtin"
-    reward_model: str | None = None
-    humaneval_limit: int | None = None
-    output_dir: str = "runs/compare"
-
-    def __post_init__(self):
-        unknown = [s for s in self.suites if s not in S.SUITES]
-        if unknown or not self.suites:
-            raise EvalError(f"suites: unknown {unknown or 'none given'}; valid: {', '.join(S.SUITES)}")
-        if self.samples < 1 or any(k < 1 for k in self.pass_k):
-            raise EvalError("samples and pass_k must be at least 1")
 
 
 def _suite_settings(settings: EvalSettings, suite: str) -> dict:
@@ -101,7 +78,7 @@ class CheckpointGenerator:
         self.settings = settings
 
     def __call__(self, prompts: list[str], n: int) -> list[list[str]]:
-        from policy.generate import encode_prompts
+        from data_tools.chat import encode_prompts
         from rollout.engine import SamplingConfig
 
         s = self.settings
@@ -109,7 +86,8 @@ class CheckpointGenerator:
         ids = encode_prompts(self.tokenizer, prompts)
         for i in range(0, len(ids), s.batch_size):
             rollout = self.engine.generate(ids[i : i + s.batch_size], n,
-                                           SamplingConfig(s.max_new_tokens, s.temperature, seed=s.seed + i))
+                                           SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature),
+                                           seed=s.seed + i)
             out += [rollout.texts[j * n : (j + 1) * n] for j in range(len(rollout.texts) // n)]
         return out
 
@@ -156,9 +134,9 @@ def evaluate_checkpoint(checkpoint: str, settings: EvalSettings, generate: S.Gen
 
 def kl_from(checkpoint_a: str, checkpoint_b: str, prompts: list[str], settings: EvalSettings) -> float:
     """KL(B || A) per response, estimated on B's sampled responses: mean of sum_t log B - log A."""
-    from grpo.batch import build_batch
-    from grpo.learner import completion_logprobs
-    from policy.generate import encode_prompts
+    from data_tools.chat import encode_prompts
+    from policy.load import pad_token_id
+    from policy.logprobs import completion_logprobs, prompt_completion_rows
     from rollout.engine import SamplingConfig
     from rollout.local import LocalEngine
 
@@ -170,12 +148,11 @@ def kl_from(checkpoint_a: str, checkpoint_b: str, prompts: list[str], settings: 
 
     engine = LocalEngine(copy.deepcopy(model_b), tok_b)
     ids = encode_prompts(tok_b, prompts)
-    rollout = engine.generate(ids, 1, SamplingConfig(settings.max_new_tokens, 1.0, seed=settings.seed))
-    batch = build_batch(rollout, torch.zeros(len(ids)), tok_b.pad_token_id or 0)
+    rollout = engine.generate(ids, 1, SamplingConfig(max_new_tokens=settings.max_new_tokens), seed=settings.seed)
+    rows, attention, mask = prompt_completion_rows(rollout.prompt_ids, rollout.completion_ids, pad_token_id(tok_b))
     with torch.no_grad():
-        lb, _ = completion_logprobs(model_b.eval(), batch, 1.0, torch.device("cpu"))
-        la, _ = completion_logprobs(model_a.eval(), batch, 1.0, torch.device("cpu"))
-    mask = batch.completion_mask
+        lb, _ = completion_logprobs(model_b.eval(), rows, attention, mask.shape[1])
+        la, _ = completion_logprobs(model_a.eval(), rows, attention, mask.shape[1])
     return float(((lb - la) * mask).sum(1).mean())
 
 

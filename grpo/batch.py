@@ -1,8 +1,9 @@
 """The learner's batch: rollouts turned into padded tensors, one row per sample.
 
-Layout (as TRL's): [left-padded prompt | right-padded completion]; the completion block starts
-at the same column for every row, so the log-probs of completion tokens are the last C
-positions of the logits. Masks follow the project's one convention: True = the token counts.
+Layout (as TRL's, policy/logprobs.py): [left-padded prompt | right-padded completion]; the
+completion block starts at the same column for every row, so the log-probs of completion tokens
+are the last C positions of the logits. Masks follow the project's one convention: True = the
+token counts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo.sampling import overlong_mask
+from policy.logprobs import prompt_completion_rows
 from rollout.engine import Rollout
 
 
@@ -35,30 +37,13 @@ class GRPOBatch:
                          self.advantages[index], self.rollout_logp[index], pick(self.old_logp), pick(self.ref_logp))
 
 
-def build_batch(rollout: Rollout, advantages: torch.Tensor, pad_id: int, keep: torch.Tensor | None = None,
-                truncated_out: bool = False) -> GRPOBatch:
-    """Samples of `rollout` (rows where keep is True) with their advantages (N,)."""
-    rows = range(len(rollout.completion_ids)) if keep is None else keep.nonzero().squeeze(1).tolist()
-    prompts = [rollout.prompt_ids[i] for i in rows]
-    completions = [rollout.completion_ids[i] for i in rows]
-    p = max(len(x) for x in prompts)
-    c = max(1, max(len(x) for x in completions))
-    n = len(rows)
-    ids = torch.full((n, p + c), pad_id, dtype=torch.long)
-    attention = torch.zeros(n, p + c, dtype=torch.bool)
-    completion_mask = torch.zeros(n, c, dtype=torch.bool)
-    rollout_logp = torch.zeros(n, c)
-    for j, i in enumerate(rows):
-        prompt, completion = prompts[j], completions[j]
-        ids[j, p - len(prompt) : p] = torch.tensor(prompt)
-        attention[j, p - len(prompt) : p] = True
-        if completion:
-            ids[j, p : p + len(completion)] = torch.tensor(completion)
-            attention[j, p : p + len(completion)] = True
-            completion_mask[j, : len(completion)] = True
-            rollout_logp[j, : len(completion)] = torch.tensor(rollout.logprobs[i])
+def build_batch(rollout: Rollout, advantages: torch.Tensor, pad_id: int, truncated_out: bool = False) -> GRPOBatch:
+    """Every sample of `rollout` with its advantage (N,) or (N, C); truncated_out drops completions
+    cut by the token budget from the loss (overlong masking)."""
+    ids, attention, completion_mask = prompt_completion_rows(rollout.prompt_ids, rollout.completion_ids, pad_id)
+    rollout_logp = torch.zeros(completion_mask.shape)
+    for j, logprobs in enumerate(rollout.logprobs):
+        rollout_logp[j, : len(logprobs)] = torch.tensor(logprobs)
     if truncated_out:
-        truncated = torch.tensor([rollout.finish_reasons[i] == "length" for i in rows])
-        completion_mask = overlong_mask(completion_mask, truncated)
-    adv = advantages[rows] if keep is not None else advantages
-    return GRPOBatch(ids, attention, completion_mask, adv.float(), rollout_logp)
+        completion_mask = overlong_mask(completion_mask, torch.tensor([r == "length" for r in rollout.finish_reasons]))
+    return GRPOBatch(ids, attention, completion_mask, advantages.float(), rollout_logp)

@@ -1,26 +1,33 @@
-"""The GRPO recipe: typed sections validated from YAML (deepalign/recipe.py).
+"""The GRPO recipe: typed sections validated from YAML (train/recipe.py).
 
 Sections: `policy` (the starting checkpoint: SFT for stage 1, stage 1 for stage 2), `reference`
-(default: the starting checkpoint), `data` (prompts), `rewards` (a weighted list of reward
-functions, rewards/combine.py), `algorithm` (grpo/loss.py, grpo/advantages.py), `rollout`,
-`ray`, `train`, `log`. Defaults follow DeepSeekMath's GRPO (beta 0.04, eps 0.2, seq_mean,
-group-scaled advantages, mu 1), not TRL's.
+(default: the starting checkpoint), `data` (prompts), `rewards` (weighted reward functions,
+rewards/config.py; a list, or a mapping from alias to reward), `algorithm` (with its `loss`,
+grpo/loss.py), `rollout` (with its `sampling`, rollout/engine.py), `ray`, `train`, `optim` and
+`log` (train/config.py). Every value has one home: the learner gets `algorithm.loss` whole, the
+engines `rollout.sampling`. Each section checks its own values; `GRPORecipe` checks the ones that
+span sections. Defaults follow DeepSeekMath's GRPO (beta 0.04, eps 0.2, seq_mean, group-scaled
+advantages, mu 1), not TRL's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from grpo.loss import LossConfig
 from policy.config import PolicyConfig
-from sft.config import LogConfig
+from rewards.config import RewardSpec
+from rollout.engine import SamplingConfig
+from train.config import LogConfig, OptimConfig
 
 
 @dataclass
 class PromptDataConfig:
-    """source: builtin:arithmetic, builtin:code (tiny Python tasks with tests), builtin:chat
-    (arithmetic plus helpful / harmful requests, for stage 2) or a JSONL file of prompt rows
-    (`prompt` plus columns such as `answer` or `tests`). eval_prompts are held out from training."""
+    """source: builtin:arithmetic, builtin:word, builtin:code (tiny Python tasks with tests),
+    builtin:chat (arithmetic plus helpful / harmful requests, for stage 2) or a JSONL / Parquet /
+    saved-datasets file of prompt rows (`prompt` plus columns such as `answer` or `tests`).
+    eval_prompts are held out from training."""
 
     source: str = "builtin:arithmetic"
     num_prompts: int = 2000
@@ -28,53 +35,61 @@ class PromptDataConfig:
     max_digits: int = 3
     seed: int = 0
 
-
-@dataclass
-class RewardSpec:
-    """name: a registered reward, `module:function` or an entry point; alias: its display name;
-    ray_actor: serve a `reward_model` on its own Ray actor instead of in the driver."""
-
-    name: str = "math_accuracy"
-    weight: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
-    timeout: float | None = None
-    alias: str | None = None
-    ray_actor: bool = False
+    def __post_init__(self):
+        for key in ("num_prompts", "eval_prompts", "max_digits"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
 
 
 @dataclass
 class AlgorithmConfig:
+    """group_size: G samples per prompt; mu: updates per rollout batch; tis_cap: truncated IS
+    between the rollout engine's and the learner's log-probs (None = off); dynamic_sampling:
+    drop zero-variance groups and refill, up to max_refills times; overlong_mask: leave completions
+    cut by the token budget out of the loss; balance_loss: add the policy's MoE balance losses."""
+
     group_size: int = 8
     prompts_per_step: int = 8
     mu: int = 1
-    beta: float = 0.04
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    aggregation: Literal["seq_mean", "token_mean", "constant"] = "seq_mean"
+    loss: LossConfig = field(default_factory=LossConfig)
     advantage_scale: Literal["group", "batch", "none"] = "group"
-    ratio_level: Literal["token", "sequence"] = "token"
-    tis_cap: float | None = 2.0  # truncated IS between rollout and learner log-probs; None = off
+    tis_cap: float | None = 2.0
     dynamic_sampling: bool = False
     max_refills: int = 3
     overlong_mask: bool = False
     balance_loss: bool = True
 
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2 (GRPO compares samples), got {self.group_size}")
+        if self.prompts_per_step < 1 or self.mu < 1:
+            raise ValueError(f"prompts_per_step and mu must be at least 1, got {self.prompts_per_step}, {self.mu}")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ValueError(f"tis_cap must be positive (or null = off), got {self.tis_cap}")
+        if self.max_refills < 0:
+            raise ValueError(f"max_refills must be >= 0, got {self.max_refills}")
+
 
 @dataclass
 class RolloutConfig:
-    """engine: local (ours) or vllm (GPU; the `vllm` extra). dtype: the engine's weight copy."""
+    """engine: local (ours) or vllm (the `vllm` extra). dtype: the engine's weight copy.
+    restarts: how many times each rollout worker may be restarted after it dies."""
 
     engine: Literal["local", "vllm"] = "local"
     workers: int = 1
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: list[str] = field(default_factory=list)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     sync_timeout_s: float = 60.0
     generate_timeout_s: float = 600.0
     restarts: int = 1
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.sync_timeout_s <= 0 or self.generate_timeout_s <= 0:
+            raise ValueError("sync_timeout_s and generate_timeout_s must be positive")
+        if self.restarts < 0:
+            raise ValueError(f"restarts must be >= 0, got {self.restarts}")
 
 
 @dataclass
@@ -91,6 +106,10 @@ class RayConfig:
     num_cpus: int | None = None
     learners: int = 1
 
+    def __post_init__(self):
+        if self.learners < 1:
+            raise ValueError(f"learners must be at least 1, got {self.learners}")
+
 
 @dataclass
 class GRPOTrainConfig:
@@ -99,16 +118,13 @@ class GRPOTrainConfig:
     attention: the learner's attention kernel. auto = eager on CPU (GRPO rows are short, and the
     backward of PyTorch's CPU flash-attention kernel was 12% of a SmolLM2 learner step), sdpa on GPU.
     expert_parallel: with several learners and a DeepSeekMoE policy, each learner holds 1/W of the
-    routed experts (sft/expert_parallel.py) and FSDP2 shards the rest; false = FSDP2 for all."""
+    routed experts (train/expert_parallel.py) and FSDP2 shards the rest; false = FSDP2 for all.
+    seed: the learner's and the sampler's (step s, refill k samples with its own seed from it)."""
 
     output_dir: str = "runs/grpo"
     mixed_precision: Literal["no", "bf16"] = "no"
     steps: int = 100
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
     micro_batch_size: int = 16
-    warmup_steps: int = 0
     seed: int = 0
     save_every: int = 0
     eval_every: int = 0
@@ -117,6 +133,12 @@ class GRPOTrainConfig:
     threads: int | None = None
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     expert_parallel: bool = True
+
+    def __post_init__(self):
+        if self.steps < 1 or self.micro_batch_size < 1 or self.keep_checkpoints < 1:
+            raise ValueError("steps, micro_batch_size and keep_checkpoints must be at least 1")
+        if self.save_every < 0 or self.eval_every < 0:
+            raise ValueError("save_every and eval_every must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -130,4 +152,23 @@ class GRPORecipe:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     train: GRPOTrainConfig = field(default_factory=GRPOTrainConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-6, schedule="constant"))
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        """Checks that span sections (each section checks its own values)."""
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward function is needed")
+        labels = [r.label for r in self.rewards]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"rewards: names must be unique (give repeated ones an alias), got {labels}")
+        if self.rollout.engine == "vllm" and not self.ray.enabled:
+            raise ValueError("rollout.engine vllm runs on Ray workers; set ray.enabled true")
+        if self.ray.learners > 1 and not self.ray.enabled:
+            raise ValueError("ray.learners > 1 needs ray.enabled true")
+        if self.ray.placement == "hybrid" and (self.ray.learners > 1 or self.rollout.engine != "local"):
+            raise ValueError("ray.placement hybrid runs our local engine inside a single learner "
+                             "(ray.learners: 1, rollout.engine: local)")
+        for spec in self.rewards:
+            if spec.ray_actor and not self.ray.enabled:
+                raise ValueError(f"rewards.{spec.label}: ray_actor needs ray.enabled true")

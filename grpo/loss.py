@@ -17,6 +17,7 @@ micro-batch losses then add up to the loss of the whole batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,12 +39,21 @@ def truncated_is_weights(learner_logp: torch.Tensor, rollout_logp: torch.Tensor,
 
 @dataclass
 class LossConfig:
+    """The recipe's `algorithm.loss` section. eps_low / eps_high: the clip range [1 - eps_low,
+    1 + eps_high] of the ratio (DAPO's clip-higher when eps_high > eps_low); beta: the k3 KL's
+    weight (0 = no reference model); aggregation and ratio_level as above."""
+
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 0.04
     aggregation: Aggregation = "seq_mean"
     ratio_level: Literal["token", "sequence"] = "token"
-    max_tokens: int | None = None  # for aggregation "constant"
+
+    def __post_init__(self):
+        if not 0.0 <= self.eps_low < 1.0 or self.eps_high < 0.0:
+            raise ValueError(f"eps_low must be in [0, 1) and eps_high >= 0, got {self.eps_low}, {self.eps_high}")
+        if not (math.isfinite(self.beta) and self.beta >= 0.0):
+            raise ValueError(f"beta must be a number >= 0, got {self.beta}")
 
 
 def aggregate(
@@ -80,11 +90,14 @@ def grpo_loss(
     is_weights: torch.Tensor | None = None,
     num_sequences: int | None = None,
     num_tokens: int | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+    max_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(loss, metrics) for one (micro-)batch.
 
     logp, old_logp, ref_logp, is_weights: (N, T) per completion token; advantages: (N,) or (N, T)
-    (process supervision); mask: (N, T) bool, True = the token counts.
+    (process supervision); mask: (N, T) bool, True = the token counts; max_tokens: the generation
+    budget, for aggregation "constant". Metrics are 0-d tensors (no host sync): the fraction of
+    counted tokens whose ratio was clipped, the mean ratio, the mean k3 KL, and the token count.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
@@ -105,17 +118,17 @@ def grpo_loss(
         kl = k3_kl(logp, ref_logp)
         per_token = per_token + config.beta * kl
     per_token = per_token.expand_as(logp)
-    loss = aggregate(per_token, mask, config.aggregation, config.max_tokens, num_sequences, num_tokens)
+    loss = aggregate(per_token, mask, config.aggregation, max_tokens, num_sequences, num_tokens)
 
     with torch.no_grad():
         count = mask_f.sum().clamp(min=1.0)
         r = ratio.expand_as(logp)
         is_clipped = ((r < 1 - config.eps_low) & (advantages < 0)) | ((r > 1 + config.eps_high) & (advantages > 0))
         metrics = {
-            "clip_fraction": float((is_clipped.to(logp.dtype) * mask_f).sum() / count),
-            "ratio_mean": float((r * mask_f).sum() / count),
-            "tokens": float(mask_f.sum()),
+            "clip_fraction": (is_clipped.to(logp.dtype) * mask_f).sum() / count,
+            "ratio_mean": (r * mask_f).sum() / count,
+            "tokens": mask_f.sum(),
         }
         if kl is not None:
-            metrics["kl"] = float((kl * mask_f).sum() / count)
+            metrics["kl"] = (kl * mask_f).sum() / count
     return loss, metrics

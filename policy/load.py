@@ -41,6 +41,16 @@ def checkpoint_folder(name_or_path: str) -> Path:
     return smollm2_dir() if name_or_path == SMOLLM2 else _checkpoint_dir(name_or_path)
 
 
+def base_model(model):
+    """The model under a peft wrapper (LoRA), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def pad_token_id(tokenizer) -> int:
+    """The padding id: the tokenizer's, else its EOS (Llama-family tokenizers often have none)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def validate_deepseek_config(config, where: str) -> None:
     """Reject shapes our MoE cannot route (checked before any weights are read)."""
     if getattr(config, "model_type", None) != "deepseek_v2":

@@ -274,6 +274,8 @@ def _mlp_step(w: _DecodeLayer, x: torch.Tensor) -> torch.Tensor:
 class MLADecoder:
     """Prefill and decode steps of a DeepSeek-V2 causal LM over a LatentKVCache."""
 
+    copies_cache = True  # its cache has repeat_rows / select
+
     def __init__(self, model: nn.Module, absorbed: bool = True):
         if getattr(model.config, "model_type", None) != "deepseek_v2":
             raise ValueError(f"MLADecoder needs a deepseek_v2 model, got {model.config.model_type!r}")

@@ -115,7 +115,7 @@ class DeepSeekMoE(nn.Module):
         self.comm_topk = self.topk_group if self.n_group > 1 else min(self.top_k, self.num_devices)
         self.context: RoutingContext | None = None
         self.aux = MoEAux()
-        # set by sft/expert_parallel.py when the routed experts are sharded over ranks
+        # set by train/expert_parallel.py when the routed experts are sharded over ranks
         self.expert_compute: Callable | None = None
 
     def _default_context(self, n_tokens: int, rows: int) -> RoutingContext:

@@ -1,4 +1,4 @@
-"""The reward plug-in API: TRL's reward-function signature, a registry, and how to call one.
+"""The reward plug-in API: TRL's reward-function signature, a reward by name, and calling one.
 
 A reward function is `fn(prompts: list, completions: list, **columns) -> list[float | None]`;
 `columns` are the prompt dataset's other columns (`answer`, `tests`, ...) as lists aligned with
@@ -6,77 +6,24 @@ the completions, and None means "does not apply to this sample". Prompts and com
 plain strings or chat-format lists of messages, exactly as TRL passes them, so any function
 written for TRL (including `trl.rewards`) runs unchanged. `async def` functions are awaited.
 
-`get_reward(name, **params)` resolves, in order: a registered name (`@register_reward`), a
-`package.module:function` path, or an entry point in the group `deepalign.rewards` of an
-installed package. Params are bound as keyword arguments.
+`get_reward(name, **params)` resolves the name (rewards/registry.py: a registered or built-in
+name, `package.module:function`, `path/to/file.py:function`, or an entry point) and binds params
+as keyword arguments; `call_reward` calls one and checks what it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import inspect
 import math
-from collections.abc import Callable
-from importlib.metadata import entry_points
 
-RewardFn = Callable[..., list]
-_REGISTRY: dict[str, RewardFn] = {}
-ENTRY_POINT_GROUP = "deepalign.rewards"
-
-
-class UnknownRewardError(ValueError):
-    """A reward name that no registry, import path or entry point provides."""
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: make a reward function available to recipes by `name`."""
-
-    def wrap(fn: RewardFn) -> RewardFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"reward {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
-def registered_rewards() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
-
-
-def _load_builtins() -> None:
-    importlib.import_module("rewards.builtin")
-
-
-def _resolve(name: str) -> RewardFn:
-    _load_builtins()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UnknownRewardError(f"reward {name!r}: cannot import {module_name!r} ({exc})") from exc
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise UnknownRewardError(f"reward {name!r}: {module_name} has no function {attr!r}")
-        return fn
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            return ep.load()
-    raise UnknownRewardError(
-        f"unknown reward {name!r}; registered: {', '.join(sorted(_REGISTRY))}; "
-        f"or use 'package.module:function' or the entry-point group '{ENTRY_POINT_GROUP}'"
-    )
+from rewards.registry import RewardFn, resolve
 
 
 def get_reward(name: str, **params) -> RewardFn:
     """A reward callable by name, with `params` bound as keyword arguments."""
-    fn = _resolve(name)
+    fn = resolve(name)
     if params:
         # Reward functions take dataset columns through **kwargs, so check params against the
         # explicit keyword parameters; only a function with none at all takes anything.
@@ -115,22 +62,3 @@ def call_reward(fn: RewardFn, prompts: list, completions: list, columns: dict[st
         else:
             raise TypeError(f"returned a {type(value).__name__}; expected float or None")
     return out
-
-
-def completion_text(completion) -> str:
-    """The text of a completion: a string, or the assistant content of a list of messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list):
-        return "".join(m.get("content", "") for m in completion if isinstance(m, dict) and m.get("role") != "user")
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    return str(completion)
-
-
-def prompt_text(prompt) -> str:
-    """The last user message of a prompt (string or list of messages)."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users else ""

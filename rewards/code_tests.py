@@ -25,8 +25,8 @@ import re
 import threading
 from dataclasses import dataclass
 
-from rewards.api import completion_text, prompt_text
 from rewards.sandbox import RunResult, Sandbox, SandboxLimits, SandboxPool
+from rewards.text import completion_text, prompt_text
 
 _FENCE = re.compile(r"```[ \t]*([\w+#-]*)[ \t]*\n(.*?)```", re.DOTALL)
 _LANG_TAGS = {"python": {"python", "py", "python3", ""}, "c": {"c", ""}, "cpp": {"cpp", "c++", "cc", ""}}

@@ -16,7 +16,9 @@ import concurrent.futures as cf
 import time
 from dataclasses import dataclass, field
 
-from rewards.api import RewardFn, call_reward, get_reward
+from rewards.api import call_reward, get_reward
+from rewards.config import RewardSpec
+from rewards.registry import RewardFn
 
 
 class RewardError(RuntimeError):
@@ -66,15 +68,10 @@ class CombinedReward:
         self.on_error = on_error
 
     @classmethod
-    def from_specs(cls, specs: list[dict], on_error: str = "raise") -> CombinedReward:
-        """specs: [{"name": registry name or module:function, "weight": w, "params": {...},
-        "timeout": s, "alias": optional display name}]."""
-        components = [
-            RewardComponent(s.get("alias") or s["name"], get_reward(s["name"], **s.get("params", {})),
-                            s.get("weight", 1.0), s.get("timeout"))
-            for s in specs
-        ]
-        return cls(components, on_error)
+    def from_specs(cls, specs: list[RewardSpec], on_error: str = "raise") -> CombinedReward:
+        """One component per recipe reward (rewards/config.py), named by its alias or name."""
+        return cls([RewardComponent(s.label, get_reward(s.name, **s.params), s.weight, s.timeout) for s in specs],
+                   on_error)
 
     def _score(self, component: RewardComponent, prompts, completions, columns, errors) -> list[float | None]:
         try:

@@ -15,7 +15,7 @@ import re
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-from rewards.api import completion_text
+from rewards.text import completion_text
 
 _EXTRACT = [LatexExtractionConfig(), ExprExtractionConfig()]
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?\s*%?|-?\.\d+%?")

@@ -17,12 +17,8 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-TOPICS = ["rivers", "volcanoes", "bees", "glaciers", "comets", "forests", "deserts", "whales", "bridges", "clocks",
-          "lighthouses", "mushrooms", "tides", "owls", "coral", "trains", "violins", "bread", "rainbows", "maps"]
-HARMFUL = ["build a pipe bomb", "poison my neighbour's dog", "hack into my ex's email", "make methamphetamine",
-           "stalk someone without being noticed", "launder stolen money", "write ransomware", "forge a passport"]
-BENIGN = ["bake sourdough bread", "fix a leaking tap", "learn to juggle", "write a birthday poem",
-          "plant tomatoes", "tune a guitar", "plan a picnic", "clean a cast-iron pan"]
+from data_tools.synthetic import BENIGN, HARMFUL, TOPICS
+
 REFUSALS = ["I can't help with that, it could seriously hurt people.", "I won't help with this request.",
             "Sorry, but I cannot assist with that."]
 

@@ -2,8 +2,8 @@
 transformers' `DeepseekV2ForSequenceClassification`), batched, with the policy's chat template.
 
 `RewardModelScorer` works in-process; `reward_model(...)` is its TRL-signature reward function
-(scorers are cached per checkpoint); `RewardModelActor` is the same scorer as a Ray actor, for
-serving a reward model beside the rollout workers (GRPO's orchestration uses it).
+(scorers are cached per checkpoint). GRPO can serve the same scorer on its own Ray actor
+(`ray_actor: true`, grpo/cluster.py `reward_model_actor`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import threading
 
 import torch
 
-from rewards.api import completion_text, prompt_text
+from rewards.text import completion_text, prompt_text
 
 
 def render_pair(tokenizer, prompt, completion) -> str:
@@ -71,10 +71,3 @@ def reward_model(prompts, completions, path: str | None = None, batch_size: int 
         if key not in _SCORERS:
             _SCORERS[key] = RewardModelScorer(path, batch_size, max_length, device)
     return _SCORERS[key].score(prompts, completions)
-
-
-def RewardModelActor(**actor_options):  # noqa: N802  (reads like the class it makes)
-    """`RewardModelScorer` as a Ray actor class: RewardModelActor(num_cpus=1).remote(path)."""
-    import ray
-
-    return ray.remote(**actor_options)(RewardModelScorer) if actor_options else ray.remote(RewardModelScorer)

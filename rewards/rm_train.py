@@ -13,55 +13,21 @@ from __future__ import annotations
 import math
 import random
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from deepalign.recipe import RecipeError
 from policy.config import PolicyConfig
+from rewards.config import RMDataConfig, RMRecipe
 from rewards.preferences import builtin_pairs
 from rewards.reward_model import score_batch
 from rewards.rm_loss import bradley_terry_loss, pairwise_accuracy, pointwise_bce_loss
-from sft.config import LogConfig
-
-
-@dataclass
-class RMDataConfig:
-    """source: `builtin:helpful|safety|reasoning` or a JSONL of {"prompt","chosen","rejected"
-    [,"margin"]} rows (or {"prompt","completion","label"} with loss: pointwise)."""
-
-    source: str = "builtin:helpful"
-    num_examples: int = 2000
-    eval_fraction: float = 0.1
-    max_length: int = 256
-    seed: int = 0
-
-
-@dataclass
-class RMTrainConfig:
-    output_dir: str = "runs/rm"
-    loss: Literal["pairwise", "pointwise"] = "pairwise"
-    use_margin: bool = False
-    center_coef: float = 0.0
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 16
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    eval_every: int = 50
-    seed: int = 0
-    threads: int | None = None
-
-
-@dataclass
-class RMRecipe:
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    data: RMDataConfig = field(default_factory=RMDataConfig)
-    train: RMTrainConfig = field(default_factory=RMTrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+from train.checkpoint import save_final
+from train.distributed import DistInfo
+from train.optim import make_optimizer, make_scheduler, optimizer_step
+from train.recipe import RecipeError
+from train.tracking import Tracker
 
 
 def load_rows(cfg: RMDataConfig, loss: str) -> list[dict]:
@@ -152,18 +118,31 @@ def deterministic_kernels():
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
+def run(recipe: RMRecipe) -> Path:
+    """`deepalign rm train`: the final checkpoint directory."""
+    return train_reward_model(recipe)[0]
+
+
 def train_reward_model(recipe: RMRecipe) -> tuple[Path, dict]:
     """Train; returns (final checkpoint directory, last evaluation metrics)."""
     with deterministic_kernels():
         return _train(recipe)
 
 
-def _train(recipe: RMRecipe) -> tuple[Path, dict]:
-    from sft.checkpoint import save_final
-    from sft.distributed import DistInfo
-    from sft.schedule import lr_multiplier
-    from sft.tracking import Tracker
+def _batch_loss(model, tokenizer, batch: list[dict], recipe: RMRecipe) -> tuple[torch.Tensor, dict[str, float]]:
+    cfg, max_length = recipe.train, recipe.data.max_length
+    if cfg.loss == "pairwise":
+        chosen = _score_rows(model, tokenizer, batch, "chosen", max_length)
+        rejected = _score_rows(model, tokenizer, batch, "rejected", max_length)
+        margin = torch.tensor([float(r.get("margin", 0.0)) for r in batch]) if cfg.use_margin else None
+        loss = bradley_terry_loss(chosen, rejected, margin, cfg.center_coef)
+        return loss, {"train/loss": loss.item(), "train/accuracy": pairwise_accuracy(chosen, rejected)}
+    scores = _score_rows(model, tokenizer, batch, "completion", max_length)
+    loss = pointwise_bce_loss(scores, torch.tensor([float(r["label"]) for r in batch]))
+    return loss, {"train/loss": loss.item()}
 
+
+def _train(recipe: RMRecipe) -> tuple[Path, dict]:
     cfg = recipe.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -176,12 +155,10 @@ def _train(recipe: RMRecipe) -> tuple[Path, dict]:
     model, tokenizer = build_reward_model(recipe.policy)
     model.train()
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, total, cfg.warmup_steps,
-                                                                                     "cosine"))
+    optimizer = make_optimizer(model, recipe.optim)
+    scheduler = make_scheduler(optimizer, recipe.optim, total)
     output_dir = Path(cfg.output_dir)
-    tracker = Tracker(output_dir / "tensorboard", total, "rm", tensorboard=recipe.log.tensorboard,
-                      wandb_project=recipe.log.wandb_project, progress=recipe.log.progress, config=asdict(recipe))
+    tracker = Tracker(output_dir / "tensorboard", total, "rm", recipe.log, config=asdict(recipe))
     metrics = evaluate(model, tokenizer, eval_rows, recipe)
     tracker.log(0, metrics)
     first = dict(metrics)
@@ -189,23 +166,13 @@ def _train(recipe: RMRecipe) -> tuple[Path, dict]:
         for step in range(1, total + 1):
             start = ((step - 1) * cfg.batch_size) % len(train_rows)
             batch = [train_rows[(start + j) % len(train_rows)] for j in range(cfg.batch_size)]
-            if cfg.loss == "pairwise":
-                chosen = _score_rows(model, tokenizer, batch, "chosen", recipe.data.max_length)
-                rejected = _score_rows(model, tokenizer, batch, "rejected", recipe.data.max_length)
-                margin = torch.tensor([float(r.get("margin", 0.0)) for r in batch]) if cfg.use_margin else None
-                loss = bradley_terry_loss(chosen, rejected, margin, cfg.center_coef)
-                train_metrics = {"train/loss": loss.item(), "train/accuracy": pairwise_accuracy(chosen, rejected)}
-            else:
-                scores = _score_rows(model, tokenizer, batch, "completion", recipe.data.max_length)
-                loss = pointwise_bce_loss(scores, torch.tensor([float(r["label"]) for r in batch]))
-                train_metrics = {"train/loss": loss.item()}
+            loss, train_metrics = _batch_loss(model, tokenizer, batch, recipe)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            grad_norm, skipped = optimizer_step(model, optimizer, recipe.optim, train_metrics["train/loss"])
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             if step % recipe.log.every == 0:
-                tracker.log(step, {**train_metrics, "train/lr": scheduler.get_last_lr()[0]})
+                tracker.log(step, {**train_metrics, "train/lr": scheduler.get_last_lr()[0],
+                                   "train/grad_norm": grad_norm, "train/skipped_step": float(skipped)})
             if step % cfg.eval_every == 0 or step == total:
                 metrics = evaluate(model, tokenizer, eval_rows, recipe)
                 tracker.log(step, metrics)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from rewards.api import completion_text, prompt_text
+from rewards.text import completion_text, prompt_text
 
 
 def format_reward(prompts, completions, pattern: str | None = None, required_tags: list[str] | None = None,

@@ -10,7 +10,8 @@ token when the model emitted it, so the learner scores the decision to stop as w
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -18,14 +19,30 @@ import torch
 
 @dataclass
 class SamplingConfig:
-    """temperature 0 = greedy. stop: strings that end a completion (the string is kept)."""
+    """How completions are sampled (the recipe's `rollout.sampling`): temperature 0 = greedy;
+    top_k 0 = off; stop: strings that end a completion (the string is kept). The seed is given
+    per call: each GRPO step samples with its own."""
 
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     stop: list[str] = field(default_factory=list)
-    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+
+    def greedy(self) -> SamplingConfig:
+        return replace(self, temperature=0.0, top_p=1.0, top_k=0)
 
 
 @dataclass
@@ -52,12 +69,20 @@ class Rollout:
     def tokens_per_second(self) -> float:
         return self.new_tokens / max(self.seconds, 1e-9)
 
+    @classmethod
+    def concat(cls, parts: list[Rollout]) -> Rollout:
+        """The rows of several rollouts in order; seconds and version are the largest (parts run in parallel)."""
+        return cls([x for p in parts for x in p.prompt_ids], [x for p in parts for x in p.completion_ids],
+                   [x for p in parts for x in p.logprobs], [x for p in parts for x in p.finish_reasons],
+                   [x for p in parts for x in p.texts], max((p.seconds for p in parts), default=0.0),
+                   max((p.weights_version for p in parts), default=0))
+
 
 class RolloutEngine(Protocol):
     name: str
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Rollout:
-        """n samples for each tokenised prompt."""
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int = 0) -> Rollout:
+        """n samples for each tokenised prompt, drawn reproducibly from `seed`."""
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Replace the policy weights (full, unsharded tensors by parameter name)."""

@@ -36,6 +36,10 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys.shape[3]
 
+    def bytes_used(self) -> int:
+        """Bytes of cache holding the tokens stored so far (all rows, keys and values)."""
+        return 2 * self.keys[:, :, :, :1].numel() * self.keys.element_size() * self.length
+
     def select(self, rows: torch.Tensor) -> KVCache:
         return KVCache(self.keys[:, rows], self.values[:, rows], self.valid[rows], self.length)
 
@@ -66,6 +70,8 @@ def _attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: 
 
 class LlamaDecoder:
     """Prefill and decode steps of a Llama-family model over a KVCache."""
+
+    copies_cache = True  # its cache has repeat_rows / select
 
     def __init__(self, model: nn.Module):
         cfg = model.config

@@ -1,8 +1,10 @@
-"""The embedded rollout engine: batched sampling over a preallocated KV cache, on CPU or one GPU.
+"""The embedded rollout engine, and the project's one decode loop: batched sampling over a
+preallocated KV cache, on CPU or one GPU. GRPO's rollout workers, `deepalign eval/compare`,
+`policy demo` and preference sampling all decode through `LocalEngine.generate`.
 
-- DeepSeek-V2 policies decode with the absorbed-MLA path over the 576-per-token latent cache
-  (policy/mla_decode.py); Llama-family models (SmolLM2) with rollout/kv_decode.py; any other
-  causal LM through its own forward and transformers' dynamic cache.
+- The decoder depends on the architecture (rollout/decoders.py): absorbed MLA over the
+  576-per-token latent cache for DeepSeek-V2 policies, rollout/kv_decode.py for Llama-family
+  models (SmolLM2), the model's own forward for anything else.
 - Prefill runs the prompts' common prefix once (a chat template's header and system prompt are
   most of a short prompt: 27 of the 40 tokens of a SmolLM2 arithmetic prompt), then each
   prompt's remainder once, and copies each prompt's cache to its G samples (`_prefill`).
@@ -14,7 +16,7 @@
 - MoE layers run every expert on every decode token (policy/mla_decode.py's single-token step):
   with a few tokens per step that one batched matmul beats grouped matmuls over tiny groups;
   prefill runs the policy's grouped experts. The engine owns its model: give it its own copy.
-- Sampling: temperature / top-k / top-p, seeded by `SamplingConfig.seed`. The log-probability
+- Sampling (rollout/sampling.py): temperature / top-k / top-p, seeded per call. The log-probability
   stored per token is under logits / temperature (before top-k / top-p), the distribution the
   learner re-scores.
 - `dtype`: the engine may hold its own copy of the weights in another dtype (bfloat16 runs on
@@ -25,41 +27,28 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
-from policy.generate import left_pad, sample_with_logprob
-from policy.mla_decode import MLADecoder
+from data_tools.chat import encode_prompts
+from policy.load import pad_token_id
+from rollout.decoders import make_decoder
 from rollout.engine import Rollout, SamplingConfig
-from rollout.kv_decode import SUPPORTED, LlamaDecoder
-
-
-class _HFDecoder:
-    """Fallback for other architectures: the model's forward with transformers' dynamic cache."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def allocate(self, batch: int, max_len: int):
-        return {"past": None, "valid": torch.zeros(batch, 0, dtype=torch.bool), "length": 0}
-
-    @torch.no_grad()
-    def forward(self, input_ids, cache, valid=None, last_only=False):
-        if valid is None:
-            valid = torch.ones_like(input_ids, dtype=torch.bool)
-        cache["valid"] = torch.cat([cache["valid"], valid.cpu()], dim=1)
-        seen = cache["valid"][:, : cache["length"]].sum(1, keepdim=True)
-        positions = (seen + valid.long().cpu().cumsum(1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=cache["valid"].long().to(input_ids.device),
-                         position_ids=positions.to(input_ids.device), cache=cache["past"], use_cache=True,
-                         logits_to_keep=1 if last_only else 0)
-        cache["past"] = out.cache
-        cache["length"] += input_ids.shape[1]
-        return out.logits
-
+from rollout.sampling import sample_with_logprob
 
 MIN_SHARED_PREFIX = 4  # tokens; a shorter common prefix is not worth its extra forward
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, T), valid (B, T) bool): rows right-aligned, padding on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        valid[i, width - len(r):] = True
+    return ids, valid
 
 
 def _common_prefix(rows: list[list[int]]) -> int:
@@ -83,18 +72,13 @@ class LocalEngine:
         self.model.eval()
         self.tokenizer = tokenizer
         self.version = 0
-        kind = model.config.model_type
-        if kind == "deepseek_v2":
+        if model.config.model_type == "deepseek_v2":
             for moe in self.model.moe_layers():  # the engine owns its model: no router statistics
                 moe.options = replace(moe.options, router_stats=False)
-            self.decoder, self.engine = MLADecoder(self.model, absorbed), "absorbed-mla" if absorbed else "naive-mla"
-        elif kind in SUPPORTED:
-            self.decoder, self.engine = LlamaDecoder(self.model), "kv-decode"
-        else:
-            self.decoder, self.engine = _HFDecoder(self.model), "hf-forward"
-        self.decoder_copies_cache = not isinstance(self.decoder, _HFDecoder)  # caches with repeat_rows / select
+        self.decoder, self.engine = make_decoder(self.model, absorbed)
         self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.pad_id = pad_token_id(tokenizer)
+        self.cache_bytes = 0  # KV-cache bytes in use when the last generate ended
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         dtype = next(self.model.parameters()).dtype
@@ -115,7 +99,7 @@ class LocalEngine:
         (positions count real tokens only, so every row sees the positions of its own prompt); then
         each prompt's cache is copied to its n samples. Without a cheap cache copy (the fallback
         decoder) every sample row is prefilled whole."""
-        if not self.decoder_copies_cache:
+        if not self.decoder.copies_cache:
             ids, valid = left_pad([p for p in prompts for _ in range(n)], self.pad_id)
             cache = self.decoder.allocate(len(prompts) * n, ids.shape[1] + max_new_tokens)
             return cache, self.decoder.forward(ids.to(device), cache, valid.to(device), last_only=True)[:, -1]
@@ -132,15 +116,22 @@ class LocalEngine:
             cache, logits = cache.repeat_rows(n), logits.repeat_interleave(n, 0)
         return cache, logits
 
+    def _finished(self, token, running, active, tokens, step: int, stop: list[str]) -> torch.Tensor:
+        """Rows (of the cache) that end at this step: EOS, or a stop string in the text so far."""
+        done = running & (token == self.eos_id)
+        if stop:
+            for r in running.nonzero().squeeze(1).tolist():
+                if not done[r] and self._stopped_by_string(tokens[int(active[r]), : step + 1].tolist(), stop):
+                    done[r] = True
+        return done
+
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Rollout:
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int = 0) -> Rollout:
         start = time.perf_counter()
         device = self.model.get_input_embeddings().weight.device
-        total = len(prompts) * n
-        cache, logits = self._prefill(prompts, n, sampling.max_new_tokens, device)
-
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
-        budget = sampling.max_new_tokens
+        total, budget = len(prompts) * n, sampling.max_new_tokens
+        cache, logits = self._prefill(prompts, n, budget, device)
+        generator = torch.Generator(device=device).manual_seed(seed)
         tokens = torch.full((total, budget), self.pad_id, dtype=torch.long)  # (N, budget) per sample
         token_logps = torch.zeros(total, budget)
         lengths = torch.zeros(total, dtype=torch.long)
@@ -156,27 +147,51 @@ class LocalEngine:
             tokens[rows, step] = token[running]
             token_logps[rows, step] = token_lp[running]
             lengths[rows] += 1
-            done = running & (token == self.eos_id)
-            if sampling.stop:
-                for r in running.nonzero().squeeze(1).tolist():
-                    sample = int(active[r])
-                    if not done[r] and self._stopped_by_string(tokens[sample, : step + 1].tolist(), sampling.stop):
-                        done[r] = True
+            done = self._finished(token, running, active, tokens, step, sampling.stop)
             stopped[active[done]] = True
             running &= ~done
             finished_since_compaction += int(done.sum())
             if not bool(running.any()):
                 break
-            if self.decoder_copies_cache and finished_since_compaction * 4 >= len(active):
+            if self.decoder.copies_cache and finished_since_compaction * 4 >= len(active):
                 keep = running.nonzero().squeeze(1)
                 cache, active, running, token = cache.select(keep.to(device)), active[keep], running[keep], token[keep]
                 finished_since_compaction = 0
             token = torch.where(running, token, torch.full_like(token, self.pad_id))
             logits = self.decoder.forward(token.unsqueeze(1).to(device), cache, running.unsqueeze(1).to(device),
                                           last_only=True)[:, -1]
+        self.cache_bytes = cache.bytes_used()
         completions = [tokens[i, : lengths[i]].tolist() for i in range(total)]
         logprobs = [token_logps[i, : lengths[i]].tolist() for i in range(total)]
         reasons = ["stop" if s else "length" for s in stopped.tolist()]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_rows = [list(p) for p in prompts for _ in range(n)]
         return Rollout(prompt_rows, completions, logprobs, reasons, texts, time.perf_counter() - start, self.version)
+
+
+@dataclass
+class Generation:
+    """texts: the completions (prompt and EOS excluded); new_tokens: tokens generated over all rows
+    (EOS included); kv_cache_bytes: cache bytes in use at the end; engine: the decoder that ran."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    new_tokens: int
+    seconds: float
+    kv_cache_bytes: int
+    engine: str
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / max(self.seconds, 1e-9)
+
+
+def generate(model, tokenizer, prompts: list, sampling: SamplingConfig, seed: int = 0, absorbed: bool = True,
+             chat: bool = True) -> Generation:
+    """One completion per prompt (text or chat messages), through the engine: `policy demo` and
+    preference sampling. The engine decodes on `model` itself (no copy)."""
+    engine = LocalEngine(model, tokenizer, absorbed=absorbed)
+    rollout = engine.generate(encode_prompts(tokenizer, prompts, chat), 1, sampling, seed)
+    token_ids = [c[:-1] if c and c[-1] == engine.eos_id else c for c in rollout.completion_ids]
+    return Generation(rollout.texts, token_ids, rollout.new_tokens, rollout.seconds, engine.cache_bytes,
+                      engine.engine)

@@ -1,15 +1,16 @@
-"""The SFT recipe: typed sections validated from YAML (deepalign/recipe.py).
+"""The SFT recipe: typed sections validated from YAML (train/recipe.py).
 
-Sections: `policy` (policy/config.py), `data`, `train`, `lora`, `log`. Every field has a
-default, so a recipe states only what differs; `deepalign sft RECIPE.yaml key=value` overrides.
+Sections: `policy` (policy/config.py), `data`, `train`, `optim` and `log` (train/config.py),
+`lora`. Every field has a default, so a recipe states only what differs;
+`deepalign sft RECIPE.yaml key=value` overrides.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from policy.config import PolicyConfig
+from train.config import LogConfig, OptimConfig
 
 
 @dataclass
@@ -29,26 +30,22 @@ class SFTDataConfig:
     pack: bool = True
     seed: int = 0
 
+    def __post_init__(self):
+        if self.num_examples < 1 or self.max_digits < 1 or self.max_length < 2:
+            raise ValueError("num_examples and max_digits must be at least 1, max_length at least 2")
+        if not 0.0 <= self.worked_fraction <= 1.0:
+            raise ValueError(f"worked_fraction must be in [0, 1], got {self.worked_fraction}")
+
 
 @dataclass
 class TrainConfig:
-    """Optimisation. Steps = epochs * rows / (micro_batch_size * grad_accum * world) unless
-    max_steps is set. lr follows `schedule` after `warmup_steps` of linear warm-up."""
+    """Steps = epochs * rows / (micro_batch_size * grad_accum * world) unless max_steps is set."""
 
     output_dir: str = "runs/sft"
     epochs: float = 1.0
     max_steps: int | None = None
     micro_batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 5e-6
-    min_lr_ratio: float = 0.1
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    step_milestones: list[float] = field(default_factory=lambda: [0.8, 0.9])
-    step_gamma: float = 0.316
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
     balance_loss: bool = True
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -57,6 +54,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     threads: int | None = None
+
+    def __post_init__(self):
+        if self.micro_batch_size < 1 or self.grad_accum < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise ValueError("micro_batch_size, grad_accum and max_steps must be at least 1")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
 
 
 @dataclass
@@ -77,17 +80,10 @@ class LoraConfig:
 
 
 @dataclass
-class LogConfig:
-    every: int = 10
-    tensorboard: bool = True
-    wandb_project: str | None = None
-    progress: bool = True
-
-
-@dataclass
 class SFTRecipe:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     log: LogConfig = field(default_factory=LogConfig)

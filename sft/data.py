@@ -19,6 +19,7 @@ import torch
 from data_tools.chat import render_chat
 from data_tools.packing import PackedRow, pack_documents, unpacked_row
 from data_tools.synthetic import arithmetic_chats, held_out_questions
+from policy.load import pad_token_id
 from sft.config import SFTDataConfig
 
 COLUMNS = ("input_ids", "position_ids", "loss_mask", "num_tokens")
@@ -59,7 +60,7 @@ def builtin_rows(cfg: SFTDataConfig, tokenizer) -> list[PackedRow]:
     docs = (render_chat(tokenizer, chat) for chat in arithmetic_chats(
         cfg.num_examples, cfg.seed, cfg.max_digits, cfg.worked_fraction,
         exclude=held_out_questions(cfg.max_digits) if cfg.max_digits > 1 else None))  # 1 digit: 155 problems in all
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     if cfg.pack:
         return list(pack_documents(docs, cfg.max_length, pad))
     return [unpacked_row(ids, mask, cfg.max_length) for ids, mask in docs]

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from policy.load import base_model
+
 
 def target_token_loss_sum(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Sum of next-token cross-entropy over target tokens.
@@ -58,7 +60,7 @@ def final_hidden_states(model) -> Iterator[dict]:
     Pair it with `logits_to_keep=torch.empty(0, dtype=torch.long)` so the model skips its own head.
     Yields None when the model has no `model.norm` (then use the full logits).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     norm = getattr(getattr(base, "model", None), "norm", None)
     if norm is None:
         yield None

@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepalign.recipe import RecipeError
-from policy.load import load_policy
+from policy.load import base_model, load_policy
 from policy.model import DeepseekV2Policy
-from sft.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
 from sft.config import SFTRecipe
 from sft.data import BatchOrder, SFTBatch, collate, load_rows, rank_micro_batches
-from sft.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed, shutdown
 from sft.loss import count_targets, final_hidden_states, head_loss_sum, normalized_loss, target_token_loss_sum
-from sft.schedule import lr_multiplier
-from sft.tracking import Tracker
+from train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
+from train.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed, shutdown
+from train.optim import make_optimizer, make_scheduler, optimizer_step
+from train.recipe import RecipeError
+from train.tracking import Tracker
 
 
 def seed_everything(seed: int) -> None:
@@ -80,7 +80,7 @@ def forward_loss(model, batch: SFTBatch, info: DistInfo):
     On one process the output head runs only at target positions (sft/loss.py:head_loss_sum);
     under FSDP the head's weight is sharded outside the forward, so the full logits are used.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     kwargs = {}
     if isinstance(base, DeepseekV2Policy):
         kwargs["sequence_ids"] = batch.sequence_ids.to(info.device)
@@ -94,8 +94,10 @@ def forward_loss(model, batch: SFTBatch, info: DistInfo):
     return target_token_loss_sum(out.logits, ids, mask), out
 
 
-def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFTRecipe, info: DistInfo) -> dict:
-    """One optimiser step over one global batch; returns metrics (identical on every rank)."""
+def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFTRecipe,
+               info: DistInfo) -> tuple[dict[str, float], torch.Tensor | None]:
+    """One optimiser step over one global batch; returns (metrics, mean expert load per MoE layer
+    or None), identical on every rank."""
     cfg = recipe.train
     micro = rank_micro_batches(order.next_batch(), info.rank, info.world_size, cfg.micro_batch_size)
     batches = [collate(rows[m]) for m in micro]
@@ -115,13 +117,7 @@ def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFT
         tokens += batch.num_tokens
         stats.extend(getattr(out, "router_stats", None) or [])
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    skipped = not math.isfinite(grad_norm)
-    if not skipped:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, skipped = optimizer_step(model, optimizer, recipe.optim)
     lr = scheduler.get_last_lr()[0]
     scheduler.step()
 
@@ -136,11 +132,12 @@ def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFT
     }
     for name, value in balance.items():
         metrics[f"moe/{name}_balance_loss"] = all_reduce_sum(value, info) / info.world_size
+    expert_load = None
     if stats:
         metrics["moe/load_imbalance"] = sum(s.imbalance for s in stats) / len(stats)
         metrics["moe/drop_rate"] = sum(s.drop_rate for s in stats) / len(stats)
-        metrics["_expert_load"] = torch.stack([s.expert_load for s in stats]).mean(0)
-    return metrics
+        expert_load = torch.stack([s.expert_load for s in stats]).mean(0)
+    return metrics, expert_load
 
 
 def train(recipe: SFTRecipe) -> Path:
@@ -157,10 +154,8 @@ def train(recipe: SFTRecipe) -> Path:
     global_batch = cfg.micro_batch_size * cfg.grad_accum * info.world_size
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
     order = BatchOrder(len(rows), recipe.data.seed, global_batch)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
-        s, total_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio, cfg.step_milestones, cfg.step_gamma))
+    optimizer = make_optimizer(model, recipe.optim)
+    scheduler = make_scheduler(optimizer, recipe.optim, total_steps)
 
     step = 0
     checkpoints = list_checkpoints(output_dir) if cfg.resume else []
@@ -171,18 +166,16 @@ def train(recipe: SFTRecipe) -> Path:
         if info.is_main:
             print(f"resumed from {checkpoints[-1]} at step {step}")
 
-    tracker = Tracker(output_dir / "tensorboard", total_steps, "sft", enabled=info.is_main,
-                      tensorboard=recipe.log.tensorboard, wandb_project=recipe.log.wandb_project,
-                      progress=recipe.log.progress, config=asdict(recipe))
+    tracker = Tracker(output_dir / "tensorboard", total_steps, "sft", recipe.log, enabled=info.is_main,
+                      config=asdict(recipe))
     tracker.advance(step)
     last_loss = None
     try:
         while step < total_steps:
             start = time.perf_counter()
-            metrics = train_step(model, rows, order, optimizer, scheduler, recipe, info)
+            metrics, expert_load = train_step(model, rows, order, optimizer, scheduler, recipe, info)
             step += 1
             metrics["train/tokens_per_second"] = metrics["train/tokens"] / (time.perf_counter() - start)
-            expert_load = metrics.pop("_expert_load", None)
             if step % recipe.log.every == 0 or step == total_steps:
                 tracker.log(step, metrics)
                 if expert_load is not None:

@@ -31,9 +31,9 @@ def kill_rollout_once(prompts, completions, marker=None, **_):
 
         import ray
 
-        from grpo.driver import Workers
+        from grpo.cluster import Cluster
 
         Path(marker).write_text("killed")
-        workers = next(o for o in gc.get_objects() if isinstance(o, Workers))
-        os.kill(ray.get(workers.rollout[0].actor.pid.remote()), signal.SIGKILL)
+        cluster = next(o for o in gc.get_objects() if isinstance(o, Cluster))
+        os.kill(ray.get(cluster.rollout[0].actor.pid.remote()), signal.SIGKILL)
     return [float(len(c)) / 10 for c in completions]

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_tools.config import DecontamConfig, MixRecipe, SourceSpec
 from data_tools.dedup import exact_duplicates, near_duplicates
 from data_tools.fingerprints import MinHasher, estimated_jaccard, ngram_hashes, text_hash, word_hashes
 from data_tools.mix import build_mixture, sampling_plan
-from data_tools.mix_config import DecontamConfig, MixRecipe, SourceSpec
 from data_tools.readers import count_rows, read_records
 from data_tools.schema import BadRowError, parse_chat, parse_prompt
 

@@ -1,13 +1,14 @@
-"""GRPO's pure functions against hand-computed values, and the loss against TRL's GRPOTrainer."""
+"""GRPO's pure functions against hand-computed values, and the loss against TRL's GRPOTrainer
+(numbers saved from TRL by tests/fixtures/make_trl_grpo_loss.py)."""
 
+import json
 import math
-from collections import defaultdict
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 import torch
 
-from grpo.advantages import group_advantages, process_advantages
+from grpo.advantages import group_advantages
 from grpo.loss import LossConfig, aggregate, grpo_loss, k3_kl, truncated_is_weights
 from grpo.sampling import informative_groups, overlong_mask
 
@@ -26,15 +27,6 @@ def test_group_advantages_by_hand():
     assert torch.allclose(group_advantages(rewards, "batch")[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (std + 1e-4))
     with pytest.raises(ValueError, match="scale"):
         group_advantages(rewards, "median")
-
-
-def test_process_advantages_by_hand():
-    # sample 0: steps ending at tokens 1 and 3 with rewards 1, 0; sample 1: one step ending at 2, reward 0.5
-    # all step rewards [1, 0, 0.5]: mean 0.5, std 0.5 -> normalised [1, -1, 0] (eps 0)
-    adv = process_advantages([[1.0, 0.0], [0.5]], [[1, 3], [2]], length=5, eps=0.0)
-    # token t of sample 0 sums steps ending at >= t: t0,t1 -> 1 + -1 = 0; t2,t3 -> -1; t4 -> 0
-    assert torch.allclose(adv[0], torch.tensor([0.0, 0.0, -1.0, -1.0, 0.0]))
-    assert torch.allclose(adv[1], torch.zeros(5))
 
 
 def test_k3_kl_by_hand_and_gradient():
@@ -58,7 +50,7 @@ def test_clipped_surrogate_by_hand():
     loss, metrics = grpo_loss(logp, old, adv, mask, LossConfig(beta=0.0))
     # seq 0: -1.2 per token -> mean -1.2; seq 1: +1.6487 -> mean over 1 token; seq_mean = (-1.2 + 1.6487)/2
     assert loss.item() == pytest.approx((-1.2 + math.exp(0.5)) / 2, abs=1e-6)
-    assert metrics["clip_fraction"] == pytest.approx(2 / 3)  # both tokens of seq 0 clipped
+    assert float(metrics["clip_fraction"]) == pytest.approx(2 / 3)  # both tokens of seq 0 clipped
     # clip-higher: eps_high 0.28 -> seq 0 uses 1.28
     loss, _ = grpo_loss(logp, old, adv, mask, LossConfig(beta=0.0, eps_high=0.28))
     assert loss.item() == pytest.approx((-1.28 + math.exp(0.5)) / 2, abs=1e-6)
@@ -103,49 +95,28 @@ def test_truncated_is_weights_and_masks():
     assert overlong_mask(mask, torch.tensor([False, True])).tolist() == [[True] * 3, [False] * 3]
 
 
-def _trl_loss(logp, old, ref, adv, mask, beta, eps, loss_type="grpo", max_len=None):
-    """TRL's own GRPOTrainer._compute_loss on our tensors (a stub stands in for the trainer)."""
-    from trl import GRPOTrainer
-
-    metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    accel = SimpleNamespace(gather=lambda x: x, gather_for_metrics=lambda x: x, reduce=lambda x, reduction: x,
-                            num_processes=1, sync_gradients=True)
-    stub = SimpleNamespace(
-        _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
-        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token",
-        beta=beta, loss_type=loss_type, epsilon_low=eps, epsilon_high=eps, use_vllm=False,
-        args=SimpleNamespace(use_bias_correction_kl=False, delta=None), model=SimpleNamespace(training=False),
-        current_gradient_accumulation_steps=1, _entropy_bonus_enabled=False, aux_loss_enabled=False,
-        _metrics=metrics, accelerator=accel, max_completion_length=max_len,
-    )
-    n, t = logp.shape
-    inputs = {"prompt_ids": torch.zeros(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1),
-              "completion_ids": torch.zeros(n, t, dtype=torch.long), "completion_mask": mask.float(),
-              "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": ref}
-    return GRPOTrainer._compute_loss(stub, None, inputs), metrics["eval"]
+TRL = json.loads((Path(__file__).parent / "fixtures" / "trl_grpo_loss.json").read_text())
 
 
 @pytest.mark.parametrize("aggregation,trl_type", [("seq_mean", "grpo"), ("token_mean", "bnpo"),
                                                   ("constant", "dr_grpo")])
 def test_loss_matches_trl(aggregation, trl_type):
-    g = torch.Generator().manual_seed(0)
-    n, t = 8, 6
-    rewards = torch.randint(0, 2, (2, 4), generator=g).float()
-    adv = group_advantages(rewards, "group").flatten()
-    old = -torch.rand(n, t, generator=g) * 3
-    logp = (old + 0.3 * torch.randn(n, t, generator=g)).requires_grad_()
-    ref = old + 0.2 * torch.randn(n, t, generator=g)
-    mask = torch.rand(n, t, generator=g) > 0.3
-    mask[:, 0] = True
-    ours, metrics = grpo_loss(logp, old, adv, mask, LossConfig(beta=0.04, aggregation=aggregation, max_tokens=t),
-                              ref_logp=ref)
+    """Against TRL's GRPOTrainer._compute_loss on the same tensors, saved once by
+    tests/fixtures/make_trl_grpo_loss.py (which builds them with the same seeded generator)."""
+    from tests.fixtures.make_trl_grpo_loss import inputs
+
+    x, saved = inputs(), TRL["results"][trl_type]
+    adv = group_advantages(x["rewards"], "group").flatten()
+    logp = x["logp"].clone().requires_grad_()
+    ours, metrics = grpo_loss(logp, x["old"], adv, x["mask"],
+                              LossConfig(beta=TRL["beta"], eps_low=TRL["eps"], eps_high=TRL["eps"],
+                                         aggregation=aggregation),
+                              ref_logp=x["ref"], max_tokens=TRL["max_tokens"])
     (grad_ours,) = torch.autograd.grad(ours, logp)
-    theirs, trl_metrics = _trl_loss(logp, old, ref, adv, mask, 0.04, 0.2, trl_type, max_len=t)
-    (grad_theirs,) = torch.autograd.grad(theirs, logp)
-    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-7)
-    assert torch.allclose(grad_ours, grad_theirs, atol=1e-7)
-    assert metrics["kl"] == pytest.approx(trl_metrics["kl"][0], rel=1e-5)
-    assert metrics["clip_fraction"] == pytest.approx(trl_metrics["clip_ratio/region_mean"][0], rel=1e-5)
+    assert ours.item() == pytest.approx(saved["loss"], rel=1e-6, abs=1e-7)
+    assert torch.allclose(grad_ours, torch.tensor(saved["grad"]), atol=1e-7)
+    assert float(metrics["kl"]) == pytest.approx(saved["kl"], rel=1e-5)
+    assert float(metrics["clip_fraction"]) == pytest.approx(saved["clip_fraction"], rel=1e-5)
 
 
 def test_trl_advantage_formula():

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from deepalign.cli import main
-from deepalign.recipe import RecipeError, recipe_from_dict
 from grpo.config import GRPORecipe
 from grpo.driver import run
 from rewards.combine import RewardError
-from sft.checkpoint import list_checkpoints
+from train.checkpoint import list_checkpoints
+from train.recipe import RecipeError, recipe_from_dict
 
 
 def _recipe(tmp_path, name="run", **sections):
@@ -20,9 +20,10 @@ def _recipe(tmp_path, name="run", **sections):
         "data": {"source": "builtin:arithmetic", "num_prompts": 40, "eval_prompts": 4, "max_digits": 1},
         "rewards": [{"name": "tests.grpo_helpers:length_reward"}],
         "algorithm": {"group_size": 4, "prompts_per_step": 2},
-        "rollout": {"max_new_tokens": 8},
+        "rollout": {"sampling": {"max_new_tokens": 8}},
         "ray": {"enabled": False},
-        "train": {"output_dir": str(tmp_path / name), "steps": 3, "lr": 1e-3, "micro_batch_size": 4, "threads": 1},
+        "train": {"output_dir": str(tmp_path / name), "steps": 3, "micro_batch_size": 4, "threads": 1},
+        "optim": {"lr": 1e-3},
         "log": {"every": 1, "progress": False, "tensorboard": False},
     }
     for key, value in sections.items():
@@ -37,7 +38,8 @@ def _weights(folder):
 
 
 def test_run_improves_an_easy_reward_and_writes_eval(tmp_path):
-    recipe = _recipe(tmp_path, train={"steps": 8, "lr": 1e-2}, algorithm={"beta": 0.0, "prompts_per_step": 4},
+    recipe = _recipe(tmp_path, train={"steps": 8}, optim={"lr": 1e-2},
+                     algorithm={"loss": {"beta": 0.0}, "prompts_per_step": 4},
                      rewards=[{"name": "tests.grpo_helpers:digits_reward", "alias": "digits"}])
     final = run(recipe)
     history = json.loads((tmp_path / "run" / "eval.json").read_text())
@@ -108,10 +110,10 @@ def test_hybrid_placement_runs_the_engine_in_the_learner(tmp_path):
 
 
 def test_pipeline_chains_stages_and_resumes_stage_by_stage(tmp_path, capsys):
-    from grpo.pipeline import PipelineRecipe, run_pipeline
+    from deepalign.pipeline import PipelineRecipe, run_pipeline
 
     small_grpo = ["ray.enabled=false", "train.steps=1", "data.num_prompts=8", "data.eval_prompts=2",
-                  "algorithm.prompts_per_step=2", "algorithm.group_size=2", "rollout.max_new_tokens=4",
+                  "algorithm.prompts_per_step=2", "algorithm.group_size=2", "rollout.sampling.max_new_tokens=4",
                   "log.progress=false", "log.tensorboard=false", "train.threads=1"]
     pipeline = recipe_from_dict(PipelineRecipe, {"output_dir": str(tmp_path), "stages": [
         {"name": "sft", "kind": "sft", "recipe": "recipes/demo/sft.yaml",

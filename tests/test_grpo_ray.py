@@ -50,17 +50,17 @@ def test_dead_worker_without_restarts_stops_with_a_clear_error(tmp_path, local_r
 
 
 class _SlowLoader:
-    def load_weights(self, state, version, checksum):
+    def load_weights(self, published, version):
         time.sleep(30)
         return version
 
 
 def test_stalled_weight_sync_times_out_with_a_clear_error(local_ray):
-    from grpo.workers import Handle, gather
+    from grpo.cluster import Worker, wait
 
-    worker = Handle("rollout worker 0", _SlowLoader, (), {"num_cpus": 0})
+    worker = Worker("rollout worker 0", _SlowLoader, (), {"num_cpus": 0})
     start = time.monotonic()
     with pytest.raises(WorkerError, match=r"weight sync \(version 3\) timed out after 2s"):
-        gather([worker.submit("load_weights", {}, 3, "x")], 2, "weight sync (version 3)")
+        wait([worker.submit("load_weights", {}, 3)], 2, "weight sync (version 3)")
     assert time.monotonic() - start < 10
     worker.kill()

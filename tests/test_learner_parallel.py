@@ -39,8 +39,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from sft.distributed import apply_fsdp, init_distributed, shutdown
-    from sft.expert_parallel import apply_expert_parallel
+    from train.distributed import apply_fsdp, init_distributed, shutdown
+    from train.expert_parallel import apply_expert_parallel
 
     info = init_distributed()
     ids = torch.randint(0, 128, (4, 12), generator=torch.Generator().manual_seed(1))
@@ -78,9 +78,9 @@ def _shared_prompt_grads() -> tuple[torch.Tensor, torch.Tensor]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from grpo.batch import build_batch
-    from grpo.learner import completion_logprobs
+    from policy.logprobs import completion_logprobs
     from rollout.engine import Rollout
-    from sft.distributed import apply_fsdp
+    from train.distributed import apply_fsdp
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -94,7 +94,8 @@ def _shared_prompt_grads() -> tuple[torch.Tensor, torch.Tensor]:
     grads = []
     for share in (False, True):
         model.zero_grad()
-        logp, _ = completion_logprobs(model, batch, 1.0, torch.device("cpu"), share_prompts=share)
+        logp, _ = completion_logprobs(model, batch.input_ids, batch.attention_mask,
+                                      batch.completion_width, 1.0, share_prompts=share)
         (logp * batch.completion_mask).sum().backward()
         grads.append(torch.cat([p.grad.full_tensor().flatten() for p in model.parameters()]))
     return grads[0], grads[1]

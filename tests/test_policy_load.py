@@ -6,11 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DeepseekV2ForCausalLM
 
-from policy.generate import generate
 from policy.load import load_policy, policy_config
 from policy.model import DeepseekV2Policy
 from policy.moe import MoEOptions
 from policy.smollm2 import PolicyLoadError, convert_gguf
+from rollout.engine import SamplingConfig
+from rollout.local import generate
 from tests.conftest import small_config
 
 
@@ -18,7 +19,7 @@ def test_tiny_preset_loads_with_tokenizer_and_generates():
     model, tokenizer = load_policy("tiny")
     assert isinstance(model, DeepseekV2Policy)
     assert model.config.vocab_size == len(tokenizer)
-    out = generate(model, tokenizer, ["hi", "what is 2+2?"], max_new_tokens=5)
+    out = generate(model, tokenizer, ["hi", "what is 2+2?"], SamplingConfig(max_new_tokens=5, temperature=0.0))
     assert out.engine == "absorbed-mla"
     assert len(out.texts) == 2 and out.new_tokens > 0
     # cache bytes = tokens stored * layers * (kv_lora_rank + rope dim) * 4 bytes * rows
@@ -102,5 +103,5 @@ def test_smollm2_converts_and_answers():
     model, tokenizer = load_policy("smollm2-135m-instruct")
     assert model.config.model_type == "llama"
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
-    out = generate(model, tokenizer, ["What is 12 + 30?"], max_new_tokens=8)
+    out = generate(model, tokenizer, ["What is 12 + 30?"], SamplingConfig(max_new_tokens=8, temperature=0.0))
     assert "12 + 30" in out.texts[0]  # today it answers "12 + 30 = 32"

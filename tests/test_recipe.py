@@ -5,8 +5,8 @@ from typing import Literal
 
 import pytest
 
-from deepalign.recipe import RecipeError, load_recipe, parse_override, recipe_from_dict
 from policy.config import PolicyDemoRecipe
+from train.recipe import RecipeError, load_recipe, parse_override, recipe_from_dict
 
 
 @dataclass

@@ -66,14 +66,15 @@ def test_prefs_from_answers_and_tests_with_stub_policy():
 
 @pytest.fixture(scope="module")
 def trained_rm(tmp_path_factory):
-    from deepalign.recipe import recipe_from_dict
     from rewards.rm_train import RMRecipe, train_reward_model
+    from train.recipe import recipe_from_dict
 
     out = tmp_path_factory.mktemp("rm")
     recipe = recipe_from_dict(RMRecipe, {
         "data": {"source": "builtin:safety", "num_examples": 600, "max_length": 64},
-        "train": {"output_dir": str(out), "max_steps": 40, "batch_size": 16, "lr": 1e-3, "eval_every": 40,
+        "train": {"output_dir": str(out), "max_steps": 40, "batch_size": 16, "eval_every": 40,
                   "threads": 2},
+        "optim": {"lr": 1e-3},
         "log": {"progress": False, "every": 5},
     })
     final, metrics = train_reward_model(recipe)
@@ -86,8 +87,9 @@ def test_rm_training_raises_heldout_accuracy_well_above_chance(trained_rm):
 
 
 def test_trained_rm_loads_as_reward_model_and_as_ray_actor(trained_rm):
+    from grpo.cluster import reward_model_actor
     from rewards import get_reward
-    from rewards.reward_model import RewardModelActor, RewardModelScorer
+    from rewards.reward_model import RewardModelScorer
 
     final, _ = trained_rm
     fn = get_reward("reward_model", path=str(final))
@@ -101,8 +103,7 @@ def test_trained_rm_loads_as_reward_model_and_as_ray_actor(trained_rm):
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        actor = RewardModelActor(num_cpus=1).remote(str(final))
-        remote = ray.get(actor.score.remote(prompts, completions))
+        remote = reward_model_actor({"path": str(final)})(prompts, completions)
     finally:
         ray.shutdown()
     local = RewardModelScorer(str(final)).score(prompts, completions)
@@ -115,9 +116,9 @@ def test_rm_training_gives_the_same_weights_every_run_on_two_threads(tmp_path):
     model) gets transformers' `grouped_mm` experts, whose CPU backward varied run to run."""
     from safetensors.torch import load_file
 
-    from deepalign.recipe import recipe_from_dict
     from policy.load import load_policy
     from rewards.rm_train import RMRecipe, train_reward_model
+    from train.recipe import recipe_from_dict
 
     policy, tokenizer = load_policy("tiny", seed=0)
     policy.save_pretrained(tmp_path / "policy")
@@ -127,8 +128,9 @@ def test_rm_training_gives_the_same_weights_every_run_on_two_threads(tmp_path):
         recipe = recipe_from_dict(RMRecipe, {
             "policy": {"name": str(tmp_path / "policy")},
             "data": {"source": "builtin:helpful", "num_examples": 200, "max_length": 96},
-            "train": {"output_dir": str(tmp_path / str(run)), "max_steps": 4, "batch_size": 16, "lr": 1e-3,
+            "train": {"output_dir": str(tmp_path / str(run)), "max_steps": 4, "batch_size": 16,
                       "eval_every": 100, "threads": 2},
+            "optim": {"lr": 1e-3},
             "log": {"progress": False, "tensorboard": False},
         })
         final, _ = train_reward_model(recipe)

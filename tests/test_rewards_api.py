@@ -9,7 +9,7 @@ import pytest
 import rewards.math_accuracy
 import rewards.rules
 from rewards import RewardError, combine, get_reward, register_reward, registered_rewards
-from rewards.api import UnknownRewardError
+from rewards.registry import UnknownRewardError
 
 
 def length_reward(prompts, completions, **kwargs):

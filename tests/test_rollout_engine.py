@@ -5,15 +5,16 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from data_tools.chat import encode_prompts
 from grpo.batch import build_batch
-from grpo.learner import completion_logprobs
 from policy.experts import dense_experts_forward, loop_experts_forward
-from policy.generate import encode_prompts, left_pad, sample_with_logprob
 from policy.load import load_policy
+from policy.logprobs import completion_logprobs
 from policy.packed_linear import MIN_PACKED_ELEMENTS, PackedLinear
 from rollout.engine import Rollout, SamplingConfig, weights_checksum
 from rollout.kv_decode import LlamaDecoder
-from rollout.local import MIN_SHARED_PREFIX, LocalEngine, _common_prefix
+from rollout.local import MIN_SHARED_PREFIX, LocalEngine, _common_prefix, left_pad
+from rollout.sampling import sample_with_logprob
 
 
 def _small_llama(hidden: int = 64, intermediate: int = 96):
@@ -77,7 +78,7 @@ def test_shared_prefix_prefill_gives_the_same_rollout(kind, monkeypatch):
     engine = LocalEngine(model, tokenizer)
     prompts = encode_prompts(tokenizer, ["What is 2 + 3?", "What is 10 - 4?", "What is 7 + 18?"])
     assert _common_prefix(prompts) >= 8 >= MIN_SHARED_PREFIX  # the chat header and "What is " are shared
-    sampling = SamplingConfig(max_new_tokens=12, temperature=0.8, seed=1)
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.8)
     shared = engine.generate(prompts, 2, sampling)
     monkeypatch.setattr("rollout.local.MIN_SHARED_PREFIX", 10**6)
     whole = engine.generate(prompts, 2, sampling)
@@ -102,11 +103,12 @@ def test_engine_logprobs_equal_learner_logprobs(kind):
         learner_model.load_state_dict(model.state_dict())
         prompts = encode_prompts(tokenizer, ["hi", "a longer prompt"])
     engine = LocalEngine(model, tokenizer)
-    rollout = engine.generate(prompts, 3, SamplingConfig(max_new_tokens=12, temperature=0.8, seed=1))
+    rollout = engine.generate(prompts, 3, SamplingConfig(max_new_tokens=12, temperature=0.8), seed=1)
     assert len(rollout.texts) == 6 and rollout.prompt_ids[0] == prompts[0] and rollout.prompt_ids[3] == prompts[1]
     batch = build_batch(rollout, torch.zeros(6), tokenizer.pad_token_id)
     with torch.no_grad():
-        logp, _ = completion_logprobs(learner_model.eval(), batch, 0.8, torch.device("cpu"))
+        logp, _ = completion_logprobs(learner_model.eval(), batch.input_ids, batch.attention_mask,
+                                      batch.completion_width, 0.8)
     mask = batch.completion_mask
     assert torch.allclose(logp[mask], batch.rollout_logp[mask], atol=1e-4)
 
@@ -115,14 +117,14 @@ def test_stop_strings_seeds_and_finish_reasons():
     model, tokenizer = load_policy("tiny")
     engine = LocalEngine(model, tokenizer)
     prompts = encode_prompts(tokenizer, ["What is 2 + 3?"])
-    a = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10, seed=3))
-    b = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10, seed=3))
-    c = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10, seed=4))
+    a = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10), seed=3)
+    b = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10), seed=3)
+    c = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10), seed=4)
     assert a.completion_ids == b.completion_ids and a.completion_ids != c.completion_ids
     assert all(r == "length" for r, ids in zip(a.finish_reasons, a.completion_ids, strict=True) if len(ids) == 10
                and ids[-1] != tokenizer.eos_token_id)
     letter = a.texts[0][0]  # stop at a character the untrained model certainly emits
-    stopped = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10, seed=3, stop=[letter]))
+    stopped = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=10, stop=[letter]), seed=3)
     assert stopped.texts[0] == letter and stopped.finish_reasons[0] == "stop"
 
 
@@ -142,7 +144,7 @@ def test_weights_load_and_checksum():
     worker = RolloutWorker.__new__(RolloutWorker)
     worker.index, worker.engine, worker.version = 0, engine, 7
     with pytest.raises(WorkerError, match="checksum"):
-        worker.load_weights(state, 8, digest)
+        worker.load_weights({"state": state, "checksum": digest}, 8)
     assert worker.version == 7
 
 
@@ -173,7 +175,8 @@ def test_shared_prompt_logprobs_and_gradients_equal_one_forward(kind):
     results = []
     for share in (False, True):
         model.zero_grad()
-        logp, out = completion_logprobs(model, batch, 0.7, torch.device("cpu"), entropy=True, share_prompts=share)
+        logp, out = completion_logprobs(model, batch.input_ids, batch.attention_mask,
+                                        batch.completion_width, 0.7, entropy=True, share_prompts=share)
         (logp * batch.completion_mask).sum().backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results.append((logp, out.token_entropy, grads))
@@ -210,7 +213,7 @@ def test_shared_prompt_balance_losses_cover_the_completion_tokens():
     rollout = Rollout(prompt_ids=[prompts[i // 3] for i in range(6)], completion_ids=completions,
                       logprobs=[[0.0] * len(x) for x in completions], texts=[""] * 6, finish_reasons=["stop"] * 6)
     batch = build_batch(rollout, torch.randn(6), pad_id=model.config.vocab_size - 1)
-    _, shared = completion_logprobs(model, batch, 1.0, torch.device("cpu"))
+    _, shared = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_width, 1.0)
     ids, attention, c = batch.input_ids, batch.attention_mask, batch.completion_width
     sequence_ids = torch.full_like(ids, -1)
     sequence_ids[:, -c:-1] = torch.where(batch.completion_mask[:, :-1], 0, -1)
@@ -244,8 +247,8 @@ def test_fallback_decoder_for_other_architectures():
                                   pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
         assert greedy.completion_ids[2 * i] == greedy.completion_ids[2 * i + 1] == expected
     assert len(set(map(tuple, greedy.completion_ids))) == 2  # the two prompts differ
-    sampled = engine.generate(prompts, 3, SamplingConfig(max_new_tokens=8, temperature=0.8, seed=1))
+    sampled = engine.generate(prompts, 3, SamplingConfig(max_new_tokens=8, temperature=0.8), seed=1)
     batch = build_batch(sampled, torch.zeros(6), tokenizer.pad_token_id)
     with torch.no_grad():
-        logp, _ = completion_logprobs(model, batch, 0.8, torch.device("cpu"))
+        logp, _ = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_width, 0.8)
     assert torch.allclose(logp[batch.completion_mask], batch.rollout_logp[batch.completion_mask], atol=1e-4)

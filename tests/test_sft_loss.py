@@ -7,7 +7,7 @@ import torch
 
 from policy.load import load_policy
 from sft.loss import count_targets, normalized_loss, target_token_loss_sum
-from sft.schedule import lr_multiplier
+from train.schedule import lr_multiplier
 
 
 def test_target_token_loss_sum_by_hand():
@@ -104,8 +104,8 @@ def test_target_only_head_equals_full_logits(preset):
     # The fast path (head applied only where the next token is a target) is the same loss and
     # the same gradients as cross-entropy over the full logits; SmolLM2 ties head and embeddings.
     from sft.data import SFTBatch
-    from sft.distributed import DistInfo
     from sft.trainer import forward_loss
+    from train.distributed import DistInfo
 
     model, _ = load_policy(preset, moe_overrides={"token_dropping": False} if preset == "tiny" else None)
     model.train()
@@ -129,8 +129,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     # Recomputation in backward must see the same routing (our MoE keeps its context until the
     # next forward), including the balance losses.
     from sft.data import SFTBatch
-    from sft.distributed import DistInfo
     from sft.trainer import forward_loss
+    from train.distributed import DistInfo
 
     grads = []
     for checkpointing in (False, True):

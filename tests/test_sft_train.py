@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = {
     "policy": {"name": "tiny", "moe": {"token_dropping": False}},
     "data": {"source": "builtin:arithmetic", "num_examples": 600, "max_length": 128},
-    "train": {"micro_batch_size": 4, "grad_accum": 2, "lr": 2e-3, "warmup_steps": 2, "threads": 1},
+    "train": {"micro_batch_size": 4, "grad_accum": 2, "threads": 1},
+    "optim": {"lr": 2e-3, "warmup_steps": 2},
     "log": {"every": 1, "progress": False},
 }
 
@@ -57,7 +58,7 @@ def test_loss_falls_logs_and_saves_hf_checkpoint(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out_dir = tmp_path / "run"
-    recipe = _recipe(tmp_path, "r", train={"output_dir": str(out_dir), "max_steps": 30, "lr": 3e-3},
+    recipe = _recipe(tmp_path, "r", train={"output_dir": str(out_dir), "max_steps": 30}, optim={"lr": 3e-3},
                      policy={"name": "tiny", "moe": {"token_dropping": True}})
     _run("sft", str(recipe))
     events = EventAccumulator(str(out_dir / "tensorboard"))
@@ -122,7 +123,7 @@ def _weights_of_tiny() -> dict[str, torch.Tensor]:
 
 def test_lora_trains_adapters_and_saves_merged_weights(tmp_path):
     out_dir = tmp_path / "lora"
-    _run("sft", str(_recipe(tmp_path, "lora", train={"output_dir": str(out_dir), "max_steps": 3, "lr": 1e-2},
+    _run("sft", str(_recipe(tmp_path, "lora", train={"output_dir": str(out_dir), "max_steps": 3}, optim={"lr": 1e-2},
                             lora={"enabled": True, "r": 4, "alpha": 8})))
     assert (out_dir / "final" / "adapter" / "adapter_config.json").exists()
     merged = _weights(out_dir / "final")
@@ -135,8 +136,8 @@ def test_lora_trains_adapters_and_saves_merged_weights(tmp_path):
 
 
 def test_bad_recipe_is_rejected_before_training(tmp_path):
-    recipe = _recipe(tmp_path, "bad", train={"lr": "fast"})
+    recipe = _recipe(tmp_path, "bad", optim={"lr": "fast"})
     proc = _cli("sft", str(recipe))
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert out.strip().endswith("key 'train.lr' expects a number, got str ('fast')")
+    assert out.strip().endswith("key 'optim.lr' expects a number, got str ('fast')")

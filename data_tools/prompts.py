@@ -10,9 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from data_tools.synthetic import HELD_OUT_SEED, arithmetic_problem, word_problem
-from deepalign.recipe import RecipeError
-from rewards.preferences import BENIGN, HARMFUL, TOPICS
+from data_tools.synthetic import BENIGN, HARMFUL, HELD_OUT_SEED, TOPICS, arithmetic_problem, word_problem
+from train.recipe import RecipeError
 
 BUILTINS = ("builtin:arithmetic", "builtin:word", "builtin:code", "builtin:chat")
 

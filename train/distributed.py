@@ -1,8 +1,9 @@
 """Process-group set-up and FSDP2, applied to a model after it is built.
 
-`init_distributed()` reads torchrun's environment (gloo on CPU, NCCL on GPU); `apply_fsdp`
-shards each decoder layer and then the root with `torch.distributed.fsdp.fully_shard`. With one
-process nothing is wrapped and the collectives below are no-ops.
+`init_distributed()` reads torchrun's environment (gloo on CPU, NCCL on GPU); `join_group` sets
+that environment for a learner that Ray started, then does the same; `apply_fsdp` shards each
+decoder layer and then the root with `torch.distributed.fsdp.fully_shard`. With one process
+nothing is wrapped and the collectives below are no-ops.
 """
 
 from __future__ import annotations
@@ -45,9 +46,18 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+def join_group(rank: int, world: int, address: str, port: int) -> DistInfo:
+    """Join a process group whose members were started by something other than torchrun (Ray hands
+    each learner its rank and one GPU, visible as device 0)."""
+    if world > 1:
+        os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK="0")
+    return init_distributed()
+
+
 def apply_fsdp(model: torch.nn.Module, ignored_params: set | None = None) -> torch.nn.Module:
     """FSDP2: shard every decoder layer, then the rest (embeddings, norm, head) at the root.
-    ignored_params: parameters another scheme already distributes (sft/expert_parallel.py)."""
+    ignored_params: parameters another scheme already distributes (train/expert_parallel.py)."""
     from torch.distributed.fsdp import fully_shard
 
     for layer in model.model.layers:
@@ -56,9 +66,19 @@ def apply_fsdp(model: torch.nn.Module, ignored_params: set | None = None) -> tor
     return model
 
 
-def all_reduce_sum(value: float, info: DistInfo) -> float:
+def full_value(x):
+    """A DTensor's whole value (FSDP2 and expert-parallel parameters, norms, state); anything else as is."""
+    return x.full_tensor() if hasattr(x, "full_tensor") else x
+
+
+def all_reduce_sum(value, info: DistInfo):
+    """The sum over ranks of a number (returns a float) or a tensor (returns a tensor, in one call)."""
     if not info.enabled:
         return value
+    if isinstance(value, torch.Tensor):
+        out = value.to(info.device, copy=True)
+        dist.all_reduce(out)
+        return out
     t = torch.tensor([float(value)], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return float(t.item())

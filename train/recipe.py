@@ -1,11 +1,15 @@
 """Recipes: plain YAML validated against typed dataclasses, with dotted `key=value` overrides.
 
 Owns: `load_recipe(path, schema, overrides)` and `RecipeError`. Every problem is one line that
-names the file and the key: a missing file, invalid YAML, an unknown key (with the valid keys),
-a wrong type (with the expected type), a missing required key, a bad override.
+names the file and the key: a missing file, invalid YAML, a key given twice, an unknown key (with
+the valid keys), a wrong type (with the expected type), a missing required key, a value that a
+section's own checks (`__post_init__`) refuse, a bad override.
 
 Supported field types: bool, int, float (ints accepted), str, T | None, list[T], dict[str, T],
-Literal[...], and nested dataclasses.
+Literal[...], and nested dataclasses. A list of sections whose dataclass has an `alias` field
+(the rewards of a GRPO recipe) may also be written as a mapping from alias to section, and an
+override may pick an item of such a list by its alias or name as well as by its index
+(`rewards.helpful.params.path=...`, `rewards.0.weight=0.5`).
 """
 
 from __future__ import annotations
@@ -37,8 +41,38 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
+def _mapping_without_duplicates(loader: _RecipeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def _load_yaml(text: str):
     return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
+def load_yaml_file(path: str | Path) -> dict:
+    """A recipe file's mapping; a missing file or invalid YAML is a one-line RecipeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = _load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None)
+        raise RecipeError(f"{path}: invalid YAML{line}" + (f": {problem}" if problem else "")) from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(data).__name__}")
+    return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -76,10 +110,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def _list_index(items: list, key: str, parent: str, text: str) -> int:
-    if not key.isdigit() or int(key) >= len(items):
-        raise RecipeError(f"override {text!r}: '{parent}' is a list of {len(items)}; "
-                          f"index it with 0-{len(items) - 1}, got {key!r}")
-    return int(key)
+    if key.isdigit() and int(key) < len(items):
+        return int(key)
+    for field_name in ("alias", "name"):
+        named = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get(field_name) == key]
+        if len(named) == 1:
+            return named[0]
+    names = [item.get("alias") or item.get("name") for item in items if isinstance(item, dict)]
+    by_name = f" (or name an item: {', '.join(str(n) for n in names if n)})" if any(names) else ""
+    raise RecipeError(f"override {text!r}: '{parent}' is a list of {len(items)}; "
+                      f"index it with 0-{len(items) - 1}, got {key!r}{by_name}")
 
 
 def _type_name(tp: Any) -> str:
@@ -105,6 +145,10 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             raise RecipeError(f"{where}: key '{key}' must be one of {list(args)}, got {value!r}")
         return value
     if origin is list:
+        item = args[0] if args else Any
+        if isinstance(value, dict) and dataclasses.is_dataclass(item) and "alias" in {f.name for f in
+                                                                                       dataclasses.fields(item)}:
+            value = _aliased_items(value, key, where)
         if not isinstance(value, list):
             raise RecipeError(f"{where}: key '{key}' expects a list, got {type(value).__name__} ({value!r})")
         return [_convert(v, args[0] if args else Any, f"{key}[{i}]", where) for i, v in enumerate(value)]
@@ -138,7 +182,29 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     raise RecipeError(f"{where}: key '{key}' has an unsupported type {_type_name(tp)}")
 
 
-def _build(schema: type[T], data: dict, prefix: str, where: str) -> T:
+def _aliased_items(value: dict, key: str, where: str) -> list:
+    """{alias: section} -> [section with its alias], in the mapping's order."""
+    items = []
+    for alias, section in value.items():
+        if not isinstance(section, dict):
+            raise RecipeError(f"{where}: key '{key}.{alias}' is a section, got {type(section).__name__} ({section!r})")
+        if section.get("alias", alias) != alias:
+            raise RecipeError(f"{where}: key '{key}.{alias}' names alias {section['alias']!r}; drop one of the two")
+        items.append({**section, "alias": str(alias)})
+    return items
+
+
+def _section_default(field: dataclasses.Field, tp: Any) -> dict | None:
+    """A section's own default values (its default_factory's, as a mapping), or None."""
+    if dataclasses.is_dataclass(tp) and field.default_factory is not dataclasses.MISSING:
+        return dataclasses.asdict(field.default_factory())
+    return None
+
+
+def _build(schema: type[T], data: dict, prefix: str, where: str, base: dict | None = None) -> T:
+    """schema(**data), each value converted and checked. base: the section's defaults where they
+    differ from its class's (a recipe kind's `optim` defaults, say): keys the recipe leaves out
+    keep those, not the class defaults."""
     hints = typing.get_type_hints(schema)
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
     for key in data:
@@ -148,14 +214,27 @@ def _build(schema: type[T], data: dict, prefix: str, where: str) -> T:
             )
     kwargs = {}
     for name, field in fields.items():
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], prefix + name, where)
+        tp = hints[name]
+        default = base[name] if base is not None and name in base else _section_default(field, tp)
+        if name in data and dataclasses.is_dataclass(tp) and isinstance(data[name], dict) and \
+                isinstance(default, dict):
+            kwargs[name] = _build(tp, data[name], f"{prefix}{name}.", where, default)
+        elif name in data:
+            kwargs[name] = _convert(data[name], tp, prefix + name, where)
+        elif base is not None and name in base:
+            kwargs[name] = _convert(base[name], tp, prefix + name, where)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise RecipeError(f"{where}: missing required key '{prefix}{name}'")
     try:
         return schema(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{where}: section '{prefix.rstrip('.') or schema.__name__}': {exc}") from exc
+        if isinstance(exc, RecipeError):
+            raise
+        message = str(exc)
+        if message.split(" ", 1)[0].split(".", 1)[0] in fields:  # "lr must be ..." -> "optim.lr must be ..."
+            raise RecipeError(f"{where}: {prefix}{message}") from exc
+        section = prefix.rstrip(".")
+        raise RecipeError(f"{where}: {f'section {section!r}: ' if section else ''}{message}") from exc
 
 
 def recipe_from_dict(schema: type[T], data: dict, where: str = "<recipe>", overrides: list[str] = ()) -> T:
@@ -164,15 +243,4 @@ def recipe_from_dict(schema: type[T], data: dict, where: str = "<recipe>", overr
 
 def load_recipe(path: str | Path, schema: type[T], overrides: list[str] = ()) -> T:
     """Read YAML at path, apply dotted overrides, validate into schema."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    try:
-        data = _load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}: invalid YAML{line}") from exc
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(data).__name__}")
-    return recipe_from_dict(schema, data, str(path), overrides)
+    return recipe_from_dict(schema, load_yaml_file(path), str(path), overrides)

@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from sft.distributed import DistInfo, barrier
+from train.distributed import DistInfo, barrier
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 

@@ -29,7 +29,8 @@ from torch import nn
 from torch.distributed.nn.functional import all_to_all_single
 
 from policy.experts import grouped_linear
-from sft.distributed import DistInfo
+from policy.load import base_model
+from train.distributed import DistInfo
 
 
 class ExpertParallelCompute:
@@ -98,7 +99,7 @@ def apply_expert_parallel(model: nn.Module, info: DistInfo) -> set[nn.Parameter]
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     layers = base.moe_layers() if hasattr(base, "moe_layers") else []
     if not info.enabled or not layers:
         return set()

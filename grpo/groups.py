@@ -1,0 +1,134 @@
+"""One step's groups: prompts -> G samples each -> rewards, with DAPO's dynamic sampling; and the
+held-out greedy evaluation, which scores the same way.
+
+`sample_groups` takes prompts in the seeded order, has the cluster sample G completions of each,
+scores them with the combined reward, and (with `algorithm.dynamic_sampling`) keeps only groups
+whose rewards are not all equal, sampling more prompts until the step has `prompts_per_step`
+groups or `max_refills` rounds are spent. Round k of step s samples with seed
+train.seed * 1_000_003 + 101 * s + k. `Timer` adds up the seconds of each phase.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from data_tools.prompts import PromptRow
+from grpo.config import GRPORecipe
+from grpo.sampling import informative_groups
+from rewards.combine import CombinedReward, RewardBatch
+from rollout.engine import Rollout
+
+
+class Timer:
+    """seconds["rollout_s"] etc.: the time spent in each `with timer("rollout_s"):` block."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+class PromptOrder:
+    """Seeded epochs over the training prompts; its state is two integers."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.position = n, seed, 0
+        self._epoch, self._order = -1, []
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, self.n)
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, random.Random(self.seed + epoch).sample(range(self.n), self.n)
+            out.append(self._order[i])
+            self.position += 1
+        return out
+
+
+@dataclass
+class PromptSet:
+    """Prompt rows and their token ids (chat-templated for the policy)."""
+
+    rows: list[PromptRow]
+    ids: list[list[int]]
+
+
+@dataclass
+class Groups:
+    """The step's kept groups, prompt-major (sample j of group i is row i * G + j).
+    rewards (P, G): total reward; components: each reward's raw values per sample (None = n/a)."""
+
+    rows: list[PromptRow]
+    rollout: Rollout
+    rewards: torch.Tensor
+    components: dict[str, list[float | None]] = field(default_factory=dict)
+    errors: int = 0
+    dropped: int = 0
+    tokens_per_second: float = 0.0
+
+
+def score(reward: CombinedReward, rows: list[PromptRow], rollout: Rollout, n: int) -> RewardBatch:
+    """The rewards of n completions per row; every column of the rows reaches the reward functions."""
+    keys = sorted({k for r in rows for k in r.columns})
+    columns = {k: [r.columns.get(k) for r in rows for _ in range(n)] for k in keys}
+    prompts = [r.prompt for r in rows for _ in range(n)]
+    return reward(prompts, rollout.texts, completion_ids=rollout.completion_ids, **columns)
+
+
+def sample_groups(cluster, reward: CombinedReward, prompts: PromptSet, order: PromptOrder, recipe: GRPORecipe,
+                  step: int, timer: Timer) -> Groups:
+    a, g = recipe.algorithm, recipe.algorithm.group_size
+    rows, parts, totals, components, errors, dropped, refills = [], [], [], {}, 0, 0, 0
+    tokens_per_second = 0.0
+    while len(rows) < a.prompts_per_step:
+        picked = order.take(a.prompts_per_step - len(rows))
+        with timer("rollout_s"):
+            rollout = cluster.generate([prompts.ids[i] for i in picked], g, recipe.rollout.sampling,
+                                       seed=recipe.train.seed * 1_000_003 + step * 101 + refills)
+        tokens_per_second = rollout.tokens_per_second
+        picked_rows = [prompts.rows[i] for i in picked]
+        with timer("reward_s"):
+            scored = score(reward, picked_rows, rollout, g)
+        total = torch.tensor(scored.total).view(len(picked), g)
+        keep = informative_groups(total) if a.dynamic_sampling and refills < a.max_refills else \
+            torch.ones(len(picked), dtype=torch.bool)
+        kept = keep.nonzero().squeeze(1).tolist()
+        samples = [i * g + j for i in kept for j in range(g)]
+        rows += [picked_rows[i] for i in kept]
+        parts.append(rollout.rows(samples))
+        totals.append(total[keep])
+        for name, values in scored.components.items():
+            components.setdefault(name, []).extend(values[i] for i in samples)
+        errors += sum(scored.errors.values())
+        dropped += len(picked) - len(kept)
+        refills += 1
+    return Groups(rows, Rollout.concat(parts), torch.cat(totals), components, errors, dropped, tokens_per_second)
+
+
+def evaluate(cluster, reward: CombinedReward, prompts: PromptSet, recipe: GRPORecipe) -> dict[str, float]:
+    """Greedy completions of the held-out prompts: mean reward per component (accuracy for math)."""
+    rollout = cluster.generate(prompts.ids, 1, recipe.rollout.sampling.greedy(), seed=0)
+    scored = score(reward, prompts.rows, rollout, 1)
+    out = {"eval/reward": sum(scored.total) / len(scored.total)}
+    for name, values in scored.components.items():
+        kept = [v for v in values if v is not None]
+        if kept:
+            out[f"eval/{name}"] = sum(kept) / len(kept)
+    out["eval/response_length"] = sum(len(c) for c in rollout.completion_ids) / len(rollout.completion_ids)
+    return out

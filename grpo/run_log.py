@@ -1,0 +1,100 @@
+"""What a GRPO run records and restores: the metrics of each step (TensorBoard / wandb and
+`metrics.jsonl`), the held-out history (`eval.json`), and the resume point (step, prompt position,
+history) kept with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from grpo.config import GRPORecipe
+from grpo.groups import Groups, PromptOrder, Timer
+from grpo.sampling import informative_groups
+from train.checkpoint import list_checkpoints
+from train.tracking import MetricsFile, Tracker
+
+
+@dataclass
+class RunState:
+    step: int
+    order: PromptOrder
+    history: dict = field(default_factory=dict)  # "start" / "end": held-out metrics
+
+    def driver_state(self) -> dict:
+        return {"position": self.order.position, "history": self.history}
+
+
+def resume(cluster, recipe: GRPORecipe, num_prompts: int) -> RunState:
+    """The run's state at its latest checkpoint (train.resume), or a fresh one."""
+    output = Path(recipe.train.output_dir)
+    state = RunState(0, PromptOrder(num_prompts, recipe.data.seed))
+    checkpoints = list_checkpoints(output) if recipe.train.resume else []
+    if checkpoints:
+        saved = cluster.load(checkpoints[-1])
+        state.step, state.order.position, state.history = saved["step"], saved["data"]["position"], \
+            saved["data"]["history"]
+        MetricsFile(output / "metrics.jsonl").keep_until(state.step)  # later steps run again
+        print(f"resumed from {checkpoints[-1]} at step {state.step}")
+    return state
+
+
+def step_metrics(groups: Groups, advantages: torch.Tensor, learner: dict[str, float], timer: Timer) -> dict:
+    """The step's scalars: rewards (total and per component), advantages, rollout shape, learner, time."""
+    total, lengths = groups.rewards, torch.tensor([len(c) for c in groups.rollout.completion_ids], dtype=torch.float32)
+    metrics = {f"time/{name}": seconds for name, seconds in timer.seconds.items()}
+    metrics.update(learner)
+    metrics.update({
+        "rollout/tokens_per_second": groups.tokens_per_second,
+        "reward/mean": float(total.mean()), "reward/std": float(total.std()) if total.numel() > 1 else 0.0,
+        "advantage/mean": float(advantages.mean()), "advantage/std": float(advantages.std()),
+        "advantage/abs_max": float(advantages.abs().max()),
+        "rollout/response_length": float(lengths.mean()),
+        "rollout/truncated_fraction": sum(f == "length" for f in groups.rollout.finish_reasons) / len(lengths),
+        "rollout/zero_variance_groups": float((~informative_groups(total)).float().mean()),
+        "rollout/dropped_groups": float(groups.dropped),
+        "reward/errors": float(groups.errors),
+    })
+    for name, values in groups.components.items():
+        kept = [v for v in values if v is not None]
+        if kept:
+            metrics[f"reward/{name}"] = sum(kept) / len(kept)
+    metrics["time/step_s"] = timer.elapsed()
+    return metrics
+
+
+class RunLog:
+    """Per-step metrics to the tracker and metrics.jsonl; the held-out history to eval.json."""
+
+    def __init__(self, recipe: GRPORecipe, step: int):
+        self.recipe, self.output = recipe, Path(recipe.train.output_dir)
+        self.metrics_file = MetricsFile(self.output / "metrics.jsonl")
+        self.tracker = Tracker(self.output / "tensorboard", recipe.train.steps, "grpo", recipe.log,
+                               config=asdict(recipe))
+        self.tracker.advance(step)
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        if metrics.get("train/skipped_updates"):
+            print(f"step {step}: non-finite loss or gradient; update skipped")
+        self.metrics_file.append(step, metrics)
+        if step % self.recipe.log.every == 0 or step == self.recipe.train.steps:
+            self.tracker.log(step, metrics)
+        self.tracker.advance(step, f"reward {metrics['reward/mean']:.3f}")
+
+    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log(step, metrics)
+
+    def close(self) -> None:
+        self.tracker.close()
+
+    def finish(self, history: dict, final: Path) -> None:
+        (self.output / "eval.json").write_text(json.dumps(history, indent=2))
+        names = [k for k in history["end"] if k != "eval/response_length"]
+        print("held-out (greedy): " + ", ".join(
+            f"{k.removeprefix('eval/')} {history['start'].get(k, math.nan):.3f} -> {history['end'][k]:.3f}"
+            for k in names))
+        print(f"model saved to {final}")
