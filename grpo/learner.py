@@ -63,9 +63,7 @@ class Learner:
             if self.reference is not None:
                 self.reference = apply_fsdp(self.reference)
         self.model.train()
-        # fused: one kernel over all parameters; the per-parameter loop costs ~1 s per step on
-        # SmolLM2-135M on CPU (DTensor parameters under FSDP2 take the loop)
-        self.optimizer = make_optimizer(self.model, recipe.optim, fused=not self.info.enabled)
+        self.optimizer = make_optimizer(self.model, recipe.optim, self.info)
         self.scheduler = make_scheduler(self.optimizer, recipe.optim, recipe.train.steps)
 
     def describe(self) -> str:

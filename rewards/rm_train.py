@@ -155,7 +155,7 @@ def _train(recipe: RMRecipe) -> tuple[Path, dict]:
     model, tokenizer = build_reward_model(recipe.policy)
     model.train()
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
-    optimizer = make_optimizer(model, recipe.optim)
+    optimizer = make_optimizer(model, recipe.optim, DistInfo())
     scheduler = make_scheduler(optimizer, recipe.optim, total)
     output_dir = Path(cfg.output_dir)
     tracker = Tracker(output_dir / "tensorboard", total, "rm", recipe.log, config=asdict(recipe))

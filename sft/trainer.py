@@ -154,7 +154,7 @@ def train(recipe: SFTRecipe) -> Path:
     global_batch = cfg.micro_batch_size * cfg.grad_accum * info.world_size
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
     order = BatchOrder(len(rows), recipe.data.seed, global_batch)
-    optimizer = make_optimizer(model, recipe.optim)
+    optimizer = make_optimizer(model, recipe.optim, info)
     scheduler = make_scheduler(optimizer, recipe.optim, total_steps)
 
     step = 0

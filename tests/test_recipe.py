@@ -114,3 +114,27 @@ def test_policy_recipe_moe_overrides_and_option_validation():
         recipe_from_dict(PolicyDemoRecipe, {}, "r", ["policy.moe.capacity_factor=lots"])
     with pytest.raises(RecipeError, match="key 'policy.dtype' must be one of"):
         recipe_from_dict(PolicyDemoRecipe, {}, "r", ["policy.dtype=fp8"])
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: x\ninner:\n  rate: 1\n  rate: 2\n")
+    with pytest.raises(RecipeError, match=r"twice.yaml: invalid YAML at line 4: key 'rate' is given twice"):
+        load_recipe(path, Outer)
+
+
+def test_rewards_by_alias_in_the_recipe_and_in_overrides(tmp_path):
+    from grpo.config import GRPORecipe
+
+    path = tmp_path / "grpo.yaml"
+    path.write_text("rewards:\n  helpful: {name: reward_model, params: {path: a}}\n"
+                    "  rule: {name: refusal, weight: 0.5}\n")
+    recipe = load_recipe(path, GRPORecipe, ["rewards.helpful.params.path=b"])
+    assert [(r.alias, r.name, r.weight, r.params) for r in recipe.rewards] == [
+        ("helpful", "reward_model", 1.0, {"path": "b"}), ("rule", "refusal", 0.5, {})]
+    path.write_text("rewards:\n  - {name: reward_model, alias: helpful, params: {path: a}}\n  - {name: refusal}\n")
+    recipe = load_recipe(path, GRPORecipe, ["rewards.helpful.params.path=c", "rewards.refusal.weight=2"])
+    assert [(r.label, r.weight, r.params) for r in recipe.rewards] == [("helpful", 1.0, {"path": "c"}),
+                                                                        ("refusal", 2.0, {})]
+    with pytest.raises(RecipeError, match=r"got 'nope' \(or name an item: helpful, refusal\)"):
+        load_recipe(path, GRPORecipe, ["rewards.nope.weight=1"])
