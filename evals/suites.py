@@ -77,7 +77,7 @@ def run_code(generate: Generator, problems: list[dict], samples: int = 1, ks: tu
         for c in comps:
             prompts.append(problem["prompt"])
             completions.append(c)
-            tests.append(problem["test"] + f"\ncheck({problem['entry_point']})\n")
+            tests.append(problem["test"])  # the harness calls check(<entry point>)
             entry_points.append(problem["entry_point"])
     results = score_programs(prompts, completions, tests, entry_points, pool=pool or sandbox_pool())
     items, per_problem, failures = [], [], {}

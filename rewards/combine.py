@@ -15,10 +15,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rewards.api import call_reward, get_reward
-from rewards.config import RewardSpec
 from rewards.registry import RewardFn
+
+if TYPE_CHECKING:  # the recipe section pulls in policy/ (torch): rewards import without it
+    from rewards.config import RewardSpec
 
 
 class RewardError(RuntimeError):

@@ -1,13 +1,10 @@
-"""code_tests and its sandbox: HumanEval, C, partial credit, bad input, and the attack suite."""
+"""code_tests and its sandbox: HumanEval, C, partial credit, bad input (the attack suite is
+tests/test_code_attacks.py)."""
 
 import os
 import shutil
-import socket
-import time
-import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
 from rewards import get_reward
@@ -18,13 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 FAST = {"cpu_seconds": 2, "wall_seconds": 4.0, "memory_mb": 512}
-# This test process's own uid range, so that parallel test workers never see each other's sandboxes.
-UID_BASE = 62000 + 16 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
-def _score(code: str, tests: str = "assert True", **kw) -> tuple[float, str]:
-    pool = sandbox_pool("bwrap", 2, uid_base=UID_BASE, **FAST)
-    [result] = score_programs([""], [code], [tests], pool=pool, **kw)
+def _score(code: str, tests: str = "assert True", prompt: str = "", **kw) -> tuple[float, str]:
+    pool = sandbox_pool("bwrap", 2, **FAST)  # its own uid range: parallel test workers never share one
+    [result] = score_programs([prompt], [code], [tests], pool=pool, **kw)
     return result.score, result.reason
 
 
@@ -57,7 +52,8 @@ def test_c_and_cpp_programs():
     assert _score("int add(int a, int b) { return a - b; }", tests, language="c")[0] == 0.0
     assert _score("int add(int a, int b) { return a + }", tests, language="c") == (0.0, "compile error")
     cpp = "```cpp\n#include <vector>\nint add(int a, int b) { std::vector<int> v{a, b}; return v[0] + v[1]; }\n```"
-    assert _score(cpp, tests, language="cpp")[0] == 1.0
+    cpp_tests = "#include <cassert>\nint add(int a, int b);\nint main() { assert(add(2, 3) == 5); return 0; }"
+    assert _score(cpp, cpp_tests, language="cpp")[0] == 1.0  # the tests are their own unit: they declare add
 
 
 @needs_bwrap
@@ -71,76 +67,6 @@ def test_bad_input_is_a_zero_with_a_reason():
     assert _score("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe')")[0] == 1.0
     fn = get_reward("code_tests")
     assert fn(prompts=["p", "p"], completions=["x=1", "x=1"], tests=[None, ""]) == [None, None]
-
-
-def _marker_processes(marker: str) -> list:
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in p.info["cmdline"] or []):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
-@pytest.fixture
-def host_targets(tmp_path):
-    """Files the attacks try to read or write on the host, and a loopback listener."""
-    secret_home = Path.home() / f".deepalign-secret-{uuid.uuid4().hex}"
-    secret_home.write_text("home secret")
-    secret_repo = REPO / f".deepalign-secret-{uuid.uuid4().hex}"
-    secret_repo.write_text("repo secret")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(0.2)
-    yield {"home": secret_home, "repo": secret_repo, "out": tmp_path / "pwned", "port": listener.getsockname()[1],
-           "listener": listener}
-    listener.close()
-    secret_home.unlink(missing_ok=True)
-    secret_repo.unlink(missing_ok=True)
-
-
-ATTACKS = {
-    "fork_bomb": ("import os\nwhile True:\n    os.fork()", "assert True"),
-    "memory_bomb": ("x = bytearray(8 * 1024 ** 3)", "assert len(x) > 0"),
-    "infinite_loop": ("while True:\n    pass", "assert True"),
-    "long_sleep": ("import time\ntime.sleep(3600)", "assert True"),
-    "huge_output": ("while True:\n    print('x' * 10000)", "assert True"),
-    "network_loopback": ("import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
-                         "s.sendall(b'pwned')", "assert True"),
-    "write_outside": ("open('{out}', 'w').write('pwned')", "import os\nassert os.path.exists('{out}')"),
-    "read_home": ("data = open('{home}').read()", "assert data == 'home secret'"),
-    "read_checkout": ("data = open('{repo}').read()", "assert data == 'repo secret'"),
-    "spawn_subprocess": ("import subprocess\nsubprocess.Popen(['sleep', '987{marker}'], start_new_session=True)\n"
-                         "subprocess.run(['touch', '{out}'])", "import os\nassert os.path.exists('{out}')"),
-    "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)",
-                    "assert True"),
-    "exhaust_fds": ("fds = [open('/dev/null') for _ in range(100000)]", "assert len(fds) == 100000"),
-}
-
-
-@needs_bwrap
-@pytest.mark.parametrize("name", list(ATTACKS))
-def test_attack_scores_zero_and_host_is_untouched(name, host_targets):
-    marker = uuid.uuid4().hex[:8]
-    code, tests = (t.format(marker=marker, **{k: v for k, v in host_targets.items() if k != "listener"})
-                   for t in ATTACKS[name])
-    start = time.perf_counter()
-    score, reason = _score(code, tests)
-    elapsed = time.perf_counter() - start
-    assert score == 0.0, reason
-    assert elapsed < FAST["wall_seconds"] + 3  # within its timeout
-    assert not host_targets["out"].exists()
-    with pytest.raises(TimeoutError):
-        host_targets["listener"].accept()  # nothing reached the host's loopback
-    time.sleep(0.2)
-    assert _marker_processes(f"987{marker}") == []  # no process outlives the sandbox
-    survivors = [p for p in psutil.process_iter(["uids"])
-                 if p.info["uids"] and UID_BASE <= p.info["uids"].real < UID_BASE + 16]
-    assert survivors == []
-    assert _score("def f():\n    return 1", "assert f() == 1") == (1.0, "passed")  # the next program runs normally
 
 
 def test_refuses_without_bwrap_unless_rlimit_mode_is_chosen(monkeypatch):
@@ -175,3 +101,92 @@ def test_pool_limits_concurrency():
     assert all(r.ok for r in results)
     assert peak[0] == 3
     assert os.path.exists("/proc")  # sanity: we are on Linux, where the sandbox applies
+
+
+def test_remove_tree_deletes_a_3000_deep_folder_without_raising(tmp_path):
+    from rewards.sandbox import remove_tree
+
+    top, here = tmp_path / "deep", os.getcwd()
+    top.mkdir()
+    os.chdir(top)
+    try:
+        for _ in range(3000):
+            os.mkdir("d")
+            os.chdir("d")
+        Path("f").write_text("x")
+    finally:
+        os.chdir(here)
+    remove_tree(top)
+    assert not top.exists()
+    remove_tree(tmp_path / "missing")  # nothing there: still no exception
+
+
+def test_uid_ranges_are_unique_per_process():
+    import subprocess
+    import sys
+
+    from rewards.sandbox_limits import UID_SPAN, reserve_uid_range
+
+    mine = {reserve_uid_range(), reserve_uid_range()}
+    other = subprocess.run([sys.executable, "-c", "from rewards.sandbox_limits import reserve_uid_range as r; "
+                            "print(r())"], capture_output=True, text=True, check=True, cwd=REPO)
+    bases = mine | {int(other.stdout)}
+    assert len(bases) == 3 and all(abs(a - b) >= UID_SPAN for a in bases for b in bases if a != b)
+
+
+@needs_bwrap
+def test_cgroups_left_by_a_killed_process_are_removed_at_start():
+    import subprocess
+
+    from rewards.sandbox_limits import CGROUP_ROOT, CgroupSlots
+
+    if not (os.geteuid() == 0 and (CGROUP_ROOT / "memory" / "memory.limit_in_bytes").exists()):
+        pytest.skip("no writable cgroup v1 memory hierarchy here")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = CGROUP_ROOT / "memory" / "deepalign" / f"{dead.pid}-1" / "slot-0"
+    leftover.mkdir(parents=True)
+    slots = CgroupSlots(256 * 2**20, 8)
+    assert slots.mode == "v1" and not leftover.parent.exists()
+    slots.close()
+
+
+@needs_bwrap
+def test_memory_limit_is_for_the_whole_sandbox():
+    """Four children of 300 MiB: 1.2 GiB in all. Within a 2 GiB sandbox they all finish (so the program
+    wins); within 512 MiB the cgroup stops them (tests/test_code_attacks.py scores it 0)."""
+    from tests.test_code_attacks import PYTHON, TESTS
+
+    cgroups = sandbox_pool("bwrap", 2, **FAST).sandbox.cgroups
+    if not (cgroups and cgroups.mode):
+        pytest.skip("no writable cgroup here: memory is limited per process only")
+    roomy = sandbox_pool("bwrap", 2, cpu_seconds=4, wall_seconds=8.0, memory_mb=2048)
+    [result] = score_programs([""], [PYTHON["children_share_one_memory_budget"]], [TESTS], pool=roomy)
+    assert result.score == 1.0, result.reason
+
+
+@needs_bwrap
+def test_without_the_launcher_a_shell_and_prlimit_apply_the_limits():
+    sandbox = Sandbox(SandboxLimits(cpu_seconds=1, wall_seconds=5, memory_mb=256))
+    sandbox.launcher = None  # as on a host without gcc
+    assert sandbox.run({"main.py": "print(6 * 7)"}, ["python", "-I", "main.py"]).stdout.strip() == "42"
+    big = sandbox.run({"main.py": "x = bytearray(512 * 2**20)"}, ["python", "-I", "main.py"])
+    assert big.status == "failed" and "MemoryError" in big.stderr
+    spin = sandbox.run({"main.py": "while True: pass"}, ["python", "-I", "main.py"])
+    assert spin.status == "failed" and spin.seconds < 4  # the CPU limit, before the wall clock
+
+
+def test_rlimit_mode_removes_work_folders_left_by_killed_processes(tmp_path, monkeypatch):
+    import subprocess
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f"deepalign-sandbox-{dead.pid}-abc"
+    (left / "d").mkdir(parents=True)
+    mine = tmp_path / f"deepalign-sandbox-{os.getpid()}-xyz"
+    mine.mkdir()
+    with pytest.warns(UserWarning, match="rlimit-only mode"):
+        Sandbox(mode="rlimit")
+    assert not left.exists() and mine.exists()  # a live process's folder stays

@@ -53,6 +53,13 @@ def test_humaneval_canonical_solutions_score_164_through_the_harness():
         return [["```python\ndef f(:\n```"] * n for _ in prompts]
 
     assert run_code(broken, problems[:5], samples=1).score == 0.0
+    prompts = {humaneval_chat_prompt(p): p["prompt"] for p in problems}
+    for wrong_body in ("    raise NotImplementedError\n", "    return None\nimport sys\nsys.exit(0)\n"):
+        def corrupted(chat_prompts, n, body=wrong_body):  # the second exits 0 before the tests (it passed 20/20 once)
+            return [[f"```python\n{prompts[p]}{body}```"] * n for p in chat_prompts]
+
+        result = run_code(corrupted, problems, samples=1)
+        assert len(result.items) == 164 and result.metrics["pass@1"] == 0.0
 
 
 @pytest.fixture(scope="module")
