@@ -13,8 +13,9 @@
     deepalign rm train     RECIPE.yaml [dotted.key=value ...]
 
 A first argument ending in .yaml/.yml is a recipe; anything else is `policy.name`. Errors in
-the user's input (recipe keys, paths, checkpoint files) print one line and exit with status 2;
-set DEEPALIGN_DEBUG=1 to see the traceback as well.
+the user's input (recipe keys, paths, checkpoint files, a full disk) print one line and exit
+with status 2; set DEEPALIGN_DEBUG=1 to see the traceback as well. Ctrl-C stops a training run
+after its current step (with a checkpoint when it saves them) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -270,12 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     from grpo.workers import WorkerError
     from policy.smollm2 import PolicyLoadError
     from rewards.combine import RewardError
+    from rewards.sandbox import SandboxUnavailable
     from sft.data import DataError
+    from train.checkpoint import CheckpointError
+    from train.interrupt import Interrupted
 
     try:
         args.func(args)
+    except Interrupted as exc:
+        print(f"deepalign: {exc}", file=sys.stderr)
+        return 130
     except (RecipeError, PolicyLoadError, DataError, TemplateError, BadRowError, RewardError, WorkerError,
-            EvalError) as exc:
+            EvalError, CheckpointError, SandboxUnavailable) as exc:
         if os.environ.get("DEEPALIGN_DEBUG"):
             raise
         print(f"deepalign: error: {exc}", file=sys.stderr)

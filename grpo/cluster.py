@@ -163,8 +163,8 @@ class Cluster:
     def load(self, folder: Path) -> dict:
         return self._learners("load", folder)[0]
 
-    def save(self, output_dir: Path, step: int, driver_state: dict, keep: int) -> None:
-        self._learners("save", output_dir, step, driver_state, keep)
+    def save(self, output_dir: Path, step: int, driver_state: dict, keep: int) -> Path:
+        return Path(self._learners("save", output_dir, step, driver_state, keep)[0])
 
     def save_final(self, output_dir: Path) -> Path:
         return Path(self._learners("save_final", output_dir)[0])

@@ -6,6 +6,8 @@
                    weights sync learners -> rollout workers (versioned, checksummed, with a timeout)
                    metrics, held-out evaluation, checkpoint (grpo/run_log.py)
 
+Ctrl-C stops after the current step, with a checkpoint when the run saves them (train/interrupt.py).
+
 Rewards run in the driver (plain functions; code_tests brings its own sandbox pool), except
 reward models marked `ray_actor`, which Ray actors serve. Departures from the paper: the
 reference is fixed for the whole stage (the paper resets pi_ref each outer iteration), and the
@@ -22,15 +24,31 @@ from grpo import cluster as workers
 from grpo.advantages import group_advantages
 from grpo.batch import build_batch
 from grpo.config import GRPORecipe
-from grpo.groups import Timer, evaluate, sample_groups
-from grpo.run_log import RunLog, resume, step_metrics
+from grpo.groups import PromptSet, Timer, evaluate, sample_groups
+from grpo.run_log import RunLog, RunState, resume, step_metrics
 from grpo.stage import build_reward, preflight, prompt_sets
+from train.checkpoint import prepare_output_dir
+from train.interrupt import stop_on_interrupt, stopped
+
+
+def step(cluster, reward, prompts: PromptSet, state: RunState, recipe: GRPORecipe, pad_id: int) -> dict[str, float]:
+    """One GRPO step: groups, advantages, the learners' update, the weight sync; its metrics."""
+    timer = Timer()
+    groups = sample_groups(cluster, reward, prompts, state.order, recipe, state.step, timer)
+    advantages = group_advantages(groups.rewards, recipe.algorithm.advantage_scale).flatten()
+    batch = build_batch(groups.rollout, advantages, pad_id, truncated_out=recipe.algorithm.overlong_mask)
+    with timer("learner_s"):
+        learner = cluster.train_step(batch)
+    state.step += 1
+    with timer("weight_sync_s"):
+        cluster.sync(state.step)
+    return step_metrics(groups, advantages, learner, timer)
 
 
 def run(recipe: GRPORecipe) -> Path:
     """Run one GRPO stage; returns the final checkpoint directory."""
-    a, t = recipe.algorithm, recipe.train
-    output = Path(t.output_dir)
+    t = recipe.train
+    output = prepare_output_dir(t.output_dir)
     preflight(recipe)  # every reward resolves before Ray starts or a model loads
     train_prompts, eval_prompts, pad_id = prompt_sets(recipe)
     workers.start(recipe.ray)
@@ -39,7 +57,6 @@ def run(recipe: GRPORecipe) -> Path:
     cluster = workers.Cluster(recipe)
     print(cluster.describe())
     state = resume(cluster, recipe, len(train_prompts.rows))
-    output.mkdir(parents=True, exist_ok=True)
     cluster.sync(state.step)
     if "start" not in state.history:
         state.history["start"] = evaluate(cluster, reward, eval_prompts, recipe)
@@ -47,22 +64,17 @@ def run(recipe: GRPORecipe) -> Path:
     if state.step == 0:
         log.evaluation(0, state.history["start"])
     try:
-        while state.step < t.steps:
-            timer = Timer()
-            groups = sample_groups(cluster, reward, train_prompts, state.order, recipe, state.step, timer)
-            advantages = group_advantages(groups.rewards, a.advantage_scale).flatten()
-            batch = build_batch(groups.rollout, advantages, pad_id, truncated_out=a.overlong_mask)
-            with timer("learner_s"):
-                learner = cluster.train_step(batch)
-            state.step += 1
-            with timer("weight_sync_s"):
-                cluster.sync(state.step)
-            metrics = step_metrics(groups, advantages, learner, timer)
-            if t.eval_every and state.step % t.eval_every == 0 and state.step < t.steps:
-                metrics.update(evaluate(cluster, reward, eval_prompts, recipe))
-            log.step(state.step, metrics)
-            if t.save_every and state.step % t.save_every == 0 and state.step < t.steps:
-                cluster.save(output, state.step, state.driver_state(), t.keep_checkpoints)
+        with stop_on_interrupt() as stop:
+            while state.step < t.steps:
+                metrics = step(cluster, reward, train_prompts, state, recipe, pad_id)
+                if t.eval_every and state.step % t.eval_every == 0 and state.step < t.steps:
+                    metrics.update(evaluate(cluster, reward, eval_prompts, recipe))
+                log.step(state.step, metrics)
+                if stop and state.step < t.steps:
+                    raise stopped(state.step, cluster.save(output, state.step, state.driver_state(),
+                                                           t.keep_checkpoints) if t.save_every else None)
+                if t.save_every and state.step % t.save_every == 0 and state.step < t.steps:
+                    cluster.save(output, state.step, state.driver_state(), t.keep_checkpoints)
         state.history["end"] = evaluate(cluster, reward, eval_prompts, recipe)
         log.evaluation(state.step, state.history["end"])
         final = cluster.save_final(output)

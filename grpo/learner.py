@@ -162,9 +162,9 @@ class Learner:
                 state[name] = full.detach().to("cpu")
         return state if self.info.is_main else None
 
-    def save(self, output_dir, step: int, driver_state: dict, keep: int) -> None:
-        save_checkpoint(output_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler, driver_state,
-                        self.info, keep=keep)
+    def save(self, output_dir, step: int, driver_state: dict, keep: int) -> str:
+        return str(save_checkpoint(output_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler,
+                                   driver_state, self.info, keep=keep))
 
     def load(self, folder) -> dict:
         return load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.info)

@@ -15,7 +15,7 @@ import torch
 from grpo.config import GRPORecipe
 from grpo.groups import Groups, PromptOrder, Timer
 from grpo.sampling import informative_groups
-from train.checkpoint import list_checkpoints
+from train.checkpoint import latest_checkpoint
 from train.tracking import MetricsFile, Tracker
 
 
@@ -33,13 +33,13 @@ def resume(cluster, recipe: GRPORecipe, num_prompts: int) -> RunState:
     """The run's state at its latest checkpoint (train.resume), or a fresh one."""
     output = Path(recipe.train.output_dir)
     state = RunState(0, PromptOrder(num_prompts, recipe.data.seed))
-    checkpoints = list_checkpoints(output) if recipe.train.resume else []
-    if checkpoints:
-        saved = cluster.load(checkpoints[-1])
+    checkpoint = latest_checkpoint(output) if recipe.train.resume else None
+    if checkpoint is not None:
+        saved = cluster.load(checkpoint)
         state.step, state.order.position, state.history = saved["step"], saved["data"]["position"], \
             saved["data"]["history"]
-        MetricsFile(output / "metrics.jsonl").keep_until(state.step)  # later steps run again
-        print(f"resumed from {checkpoints[-1]} at step {state.step}")
+        print(f"resumed from {checkpoint} at step {state.step}")
+    MetricsFile(output / "metrics.jsonl").keep_until(state.step)  # steps after it run again (all, if fresh)
     return state
 
 

@@ -12,19 +12,32 @@ from data_tools.chat import encode_prompts
 from data_tools.prompts import load_prompts
 from grpo.config import GRPORecipe
 from grpo.groups import PromptSet
-from policy.load import load_tokenizer, pad_token_id
+from policy.load import load_tokenizer, pad_token_id, policy_config
 from rewards.combine import CombinedReward, RewardComponent
 from rewards.registry import UnknownRewardError
 from train.recipe import RecipeError
 
 
 def prompt_sets(recipe: GRPORecipe) -> tuple[PromptSet, PromptSet, int]:
-    """(training prompts, held-out prompts, the policy's pad id)."""
+    """(training prompts, held-out prompts, the policy's pad id). Prompts that leave the policy's
+    context no room for `rollout.sampling.max_new_tokens` are dropped, saying how many."""
     d = recipe.data
     tokenizer = load_tokenizer(recipe.policy.name)
     train_rows, eval_rows = load_prompts(d.source, d.num_prompts, d.eval_prompts, d.seed, d.max_digits)
-    return (PromptSet(train_rows, encode_prompts(tokenizer, [r.prompt for r in train_rows])),
-            PromptSet(eval_rows, encode_prompts(tokenizer, [r.prompt for r in eval_rows])), pad_token_id(tokenizer))
+    context = getattr(policy_config(recipe.policy.name), "max_position_embeddings", None)
+    room = context - recipe.rollout.sampling.max_new_tokens if context else None
+    sets = []
+    for name, rows in (("training", train_rows), ("held-out", eval_rows)):
+        ids = encode_prompts(tokenizer, [r.prompt for r in rows])
+        fits = [i for i, x in enumerate(ids) if room is None or len(x) <= room]
+        if len(fits) < len(rows):
+            print(f"{name} prompts: {len(rows) - len(fits)} of {len(rows)} are longer than {room} tokens (the policy's "
+                  f"context {context} minus rollout.sampling.max_new_tokens) and are left out")
+        if not fits:
+            raise RecipeError(f"data.source: no {name} prompt fits the policy's context ({context} tokens) with "
+                              f"rollout.sampling.max_new_tokens={recipe.rollout.sampling.max_new_tokens}")
+        sets.append(PromptSet([rows[i] for i in fits], [ids[i] for i in fits]))
+    return sets[0], sets[1], pad_token_id(tokenizer)
 
 
 def preflight(recipe: GRPORecipe) -> None:

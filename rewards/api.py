@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import math
 
 from rewards.registry import RewardFn, resolve
 
@@ -55,7 +54,7 @@ def call_reward(fn: RewardFn, prompts: list, completions: list, columns: dict[st
         raise TypeError(f"returned {got} values for {len(completions)} completions; expected a list of floats")
     out: list[float | None] = []
     for value in result:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None:
             out.append(None)
         elif isinstance(value, (int, float)):
             out.append(float(value))

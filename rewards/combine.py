@@ -6,13 +6,15 @@ mixture of reward functions is written the same way. A component returning None 
 
 Errors are never silent: a component that raises (or runs past its `timeout`) stops the run
 with its name and the first failing sample's index, found by re-scoring the batch one sample at
-a time; with `on_error="zero"` the failing samples score 0 for that component and are counted
-in `RewardBatch.errors`, which the trainer logs.
+a time; a NaN or infinite value stops it the same way (None is how a reward says "does not
+apply"). With `on_error="zero"` the failing or non-finite samples score 0 for that component and
+are counted in `RewardBatch.errors`, which the trainer logs.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -48,16 +50,32 @@ class RewardBatch:
 
 
 def _call_with_timeout(component: RewardComponent, prompts, completions, columns):
+    """The reward's values; past its timeout a TimeoutError. The call runs in a daemon thread, so a
+    reward that never returns cannot keep the process from exiting (a pool's worker thread would)."""
     if component.timeout is None:
         return call_reward(component.fn, prompts, completions, columns)
-    pool = cf.ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(call_reward, component.fn, prompts, completions, columns)
-    try:
-        return future.result(timeout=component.timeout)
-    except cf.TimeoutError:
-        raise TimeoutError(f"timed out after {component.timeout}s") from None
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    result: list = []
+
+    def target():
+        try:
+            result.append((True, call_reward(component.fn, prompts, completions, columns)))
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+            result.append((False, exc))
+
+    worker = threading.Thread(target=target, name=f"reward-{component.name}", daemon=True)
+    worker.start()
+    worker.join(component.timeout)
+    if not result:
+        raise TimeoutError(f"timed out after {component.timeout}s")
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _non_finite(values: list[float | None]) -> int | None:
+    """The index of the first NaN or infinite value (None, "not applicable", is fine)."""
+    return next((i for i, v in enumerate(values) if v is not None and not math.isfinite(v)), None)
 
 
 class CombinedReward:
@@ -78,23 +96,41 @@ class CombinedReward:
 
     def _score(self, component: RewardComponent, prompts, completions, columns, errors) -> list[float | None]:
         try:
-            return _call_with_timeout(component, prompts, completions, columns)
+            values = _call_with_timeout(component, prompts, completions, columns)
+        except TimeoutError as exc:  # a batch's time, not a sample's fault: no re-scoring one by one
+            if self.on_error == "raise":
+                what = "sample 0" if len(completions) == 1 else f"the batch of samples 0-{len(completions) - 1}"
+                raise RewardError(f"reward '{component.name}' failed on {what}: TimeoutError: {exc}") from None
+            errors[component.name] = errors.get(component.name, 0) + len(completions)
+            return [0.0] * len(completions)
         except Exception as batch_exc:  # find which samples fail, one at a time
-            values: list[float | None] = []
-            for i in range(len(completions)):
-                one = {k: v[i : i + 1] for k, v in columns.items()}
-                try:
-                    values.extend(_call_with_timeout(component, prompts[i : i + 1], completions[i : i + 1], one))
-                except Exception as exc:
-                    if self.on_error == "raise":
-                        raise RewardError(f"reward '{component.name}' failed on sample {i}: "
-                                          f"{type(exc).__name__}: {exc}") from exc
-                    errors[component.name] = errors.get(component.name, 0) + 1
-                    values.append(0.0)
-            if component.name not in errors and self.on_error == "raise":
-                raise RewardError(f"reward '{component.name}' failed on the batch but on no single sample: "
-                                  f"{type(batch_exc).__name__}: {batch_exc}") from batch_exc
-            return values
+            return self._score_each(component, prompts, completions, columns, errors, batch_exc)
+        bad = _non_finite(values)
+        if bad is not None:
+            if self.on_error == "raise":
+                raise RewardError(f"reward '{component.name}' returned {values[bad]} for sample {bad} (rewards must be "
+                                  "finite; None means not applicable)")
+            errors[component.name] = errors.get(component.name, 0) + sum(
+                v is not None and not math.isfinite(v) for v in values)
+            values = [0.0 if v is not None and not math.isfinite(v) else v for v in values]
+        return values
+
+    def _score_each(self, component, prompts, completions, columns, errors, batch_exc) -> list[float | None]:
+        values: list[float | None] = []
+        for i in range(len(completions)):
+            one = {k: v[i : i + 1] for k, v in columns.items()}
+            try:
+                values.extend(_call_with_timeout(component, prompts[i : i + 1], completions[i : i + 1], one))
+            except Exception as exc:
+                if self.on_error == "raise":
+                    raise RewardError(f"reward '{component.name}' failed on sample {i}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+                errors[component.name] = errors.get(component.name, 0) + 1
+                values.append(0.0)
+        if component.name not in errors and self.on_error == "raise":
+            raise RewardError(f"reward '{component.name}' failed on the batch but on no single sample: "
+                              f"{type(batch_exc).__name__}: {batch_exc}") from batch_exc
+        return values
 
     def __call__(self, prompts: list, completions: list, **columns) -> RewardBatch:
         errors: dict[str, int] = {}

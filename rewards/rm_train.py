@@ -23,7 +23,7 @@ from rewards.config import RMDataConfig, RMRecipe
 from rewards.preferences import builtin_pairs
 from rewards.reward_model import score_batch
 from rewards.rm_loss import bradley_terry_loss, pairwise_accuracy, pointwise_bce_loss
-from train.checkpoint import save_final
+from train.checkpoint import prepare_output_dir, save_final
 from train.distributed import DistInfo
 from train.optim import make_optimizer, make_scheduler, optimizer_step
 from train.recipe import RecipeError
@@ -144,6 +144,7 @@ def _batch_loss(model, tokenizer, batch: list[dict], recipe: RMRecipe) -> tuple[
 
 def _train(recipe: RMRecipe) -> tuple[Path, dict]:
     cfg = recipe.train
+    output_dir = prepare_output_dir(cfg.output_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -157,7 +158,6 @@ def _train(recipe: RMRecipe) -> tuple[Path, dict]:
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_rows) / cfg.batch_size))
     optimizer = make_optimizer(model, recipe.optim, DistInfo())
     scheduler = make_scheduler(optimizer, recipe.optim, total)
-    output_dir = Path(cfg.output_dir)
     tracker = Tracker(output_dir / "tensorboard", total, "rm", recipe.log, config=asdict(recipe))
     metrics = evaluate(model, tokenizer, eval_rows, recipe)
     tracker.log(0, metrics)

@@ -13,7 +13,7 @@ import math
 import random
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,9 @@ from policy.model import DeepseekV2Policy
 from sft.config import SFTRecipe
 from sft.data import BatchOrder, SFTBatch, collate, load_rows, rank_micro_batches
 from sft.loss import count_targets, final_hidden_states, head_loss_sum, normalized_loss, target_token_loss_sum
-from train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
+from train.checkpoint import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint, save_final
 from train.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed, shutdown
+from train.interrupt import stop_on_interrupt, stopped
 from train.optim import make_optimizer, make_scheduler, optimizer_step
 from train.recipe import RecipeError
 from train.tracking import Tracker
@@ -140,6 +141,46 @@ def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFT
     return metrics, expert_load
 
 
+@dataclass
+class SFTRun:
+    """What the loop works on: model, data, optimiser, and where it is."""
+
+    model: object
+    tokenizer: object
+    rows: object
+    order: BatchOrder
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    total_steps: int
+    step: int = 0
+
+
+def setup(recipe: SFTRecipe, info: DistInfo) -> SFTRun:
+    """Model, data and optimiser; resumed from the newest whole checkpoint when there is one."""
+    cfg = recipe.train
+    model, tokenizer = build_model(recipe, info)
+    rows = load_rows(recipe.data, tokenizer)
+    global_batch = cfg.micro_batch_size * cfg.grad_accum * info.world_size
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
+    optimizer = make_optimizer(model, recipe.optim, info)
+    run = SFTRun(model, tokenizer, rows, BatchOrder(len(rows), recipe.data.seed, global_batch), optimizer,
+                 make_scheduler(optimizer, recipe.optim, total_steps), total_steps)
+    checkpoint = latest_checkpoint(Path(cfg.output_dir), print if info.is_main else lambda _: None) \
+        if cfg.resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, run.scheduler, info)
+        run.step = state["step"]
+        run.order.load_state_dict(state["data"])
+        if info.is_main:
+            print(f"resumed from {checkpoint} at step {run.step}")
+    return run
+
+
+def _save(run: SFTRun, recipe: SFTRecipe, info: DistInfo) -> Path:
+    return save_checkpoint(Path(recipe.train.output_dir), run.step, run.model, run.tokenizer, run.optimizer,
+                           run.scheduler, run.order.state_dict(), info, keep=recipe.train.keep_checkpoints)
+
+
 def train(recipe: SFTRecipe) -> Path:
     """Run SFT; returns the directory of the final Hugging Face checkpoint."""
     info = init_distributed()
@@ -147,49 +188,36 @@ def train(recipe: SFTRecipe) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    output_dir = Path(cfg.output_dir)
-    model, tokenizer = build_model(recipe, info)
-    rows = load_rows(recipe.data, tokenizer)
-
-    global_batch = cfg.micro_batch_size * cfg.grad_accum * info.world_size
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
-    order = BatchOrder(len(rows), recipe.data.seed, global_batch)
-    optimizer = make_optimizer(model, recipe.optim, info)
-    scheduler = make_scheduler(optimizer, recipe.optim, total_steps)
-
-    step = 0
-    checkpoints = list_checkpoints(output_dir) if cfg.resume else []
-    if checkpoints:
-        state = load_checkpoint(checkpoints[-1], model, optimizer, scheduler, info)
-        step = state["step"]
-        order.load_state_dict(state["data"])
-        if info.is_main:
-            print(f"resumed from {checkpoints[-1]} at step {step}")
-
-    tracker = Tracker(output_dir / "tensorboard", total_steps, "sft", recipe.log, enabled=info.is_main,
+    output_dir = prepare_output_dir(cfg.output_dir) if info.is_main else Path(cfg.output_dir)
+    run = setup(recipe, info)
+    tracker = Tracker(output_dir / "tensorboard", run.total_steps, "sft", recipe.log, enabled=info.is_main,
                       config=asdict(recipe))
-    tracker.advance(step)
+    tracker.advance(run.step)
     last_loss = None
     try:
-        while step < total_steps:
-            start = time.perf_counter()
-            metrics, expert_load = train_step(model, rows, order, optimizer, scheduler, recipe, info)
-            step += 1
-            metrics["train/tokens_per_second"] = metrics["train/tokens"] / (time.perf_counter() - start)
-            if step % recipe.log.every == 0 or step == total_steps:
-                tracker.log(step, metrics)
-                if expert_load is not None:
-                    tracker.histogram(step, "moe/expert_load", expert_load)
-            last_loss = metrics["train/loss"]
-            tracker.advance(step, f"loss {last_loss:.3f}")
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                save_checkpoint(output_dir, step, model, tokenizer, optimizer, scheduler, order.state_dict(), info,
-                                keep=cfg.keep_checkpoints)
-        final = save_final(output_dir, model, tokenizer, info) if cfg.save_final else output_dir
+        with stop_on_interrupt() as stop:
+            while run.step < run.total_steps:
+                start = time.perf_counter()
+                metrics, expert_load = train_step(run.model, run.rows, run.order, run.optimizer, run.scheduler,
+                                                  recipe, info)
+                run.step += 1
+                metrics["train/tokens_per_second"] = metrics["train/tokens"] / (time.perf_counter() - start)
+                if run.step % recipe.log.every == 0 or run.step == run.total_steps:
+                    tracker.log(run.step, metrics)
+                    if expert_load is not None:
+                        tracker.histogram(run.step, "moe/expert_load", expert_load)
+                last_loss = metrics["train/loss"]
+                tracker.advance(run.step, f"loss {last_loss:.3f}")
+                if stop and run.step < run.total_steps:
+                    raise stopped(run.step, _save(run, recipe, info) if cfg.save_every else None)
+                if cfg.save_every and run.step % cfg.save_every == 0 and run.step < run.total_steps:
+                    _save(run, recipe, info)
+        final = save_final(output_dir, run.model, run.tokenizer, info) if cfg.save_final else output_dir
     finally:
         tracker.close()
     if info.is_main:
-        done = f"final loss {last_loss:.4f} after {step} steps" if last_loss is not None else f"already at step {step}"
+        done = f"final loss {last_loss:.4f} after {run.step} steps" if last_loss is not None else \
+            f"already at step {run.step}"
         print(f"{done}; model saved to {final}")
     shutdown(info)
     return final

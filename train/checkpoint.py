@@ -7,15 +7,22 @@ A checkpoint is a directory `step-NNNNNNN/` holding
 - `trainer_state.pt`: step, optimiser, scheduler, data position;
 - `rng-rank{r}.pt`: every rank's Python, NumPy and torch RNG states.
 Everything is written into `.tmp-step-NNNNNNN/` and renamed into place once complete, so a run
-killed while saving leaves the previous checkpoint intact and no half-written one.
+killed while saving leaves the previous checkpoint intact and no half-written one; temp folders
+left by killed runs are removed before the next save. A save that fails (disk full) removes its
+temp folder and stops with the path and the free space (`CheckpointError`). Resume takes the
+newest checkpoint that is whole (`latest_checkpoint`: every safetensors file as long as its header
+says, the trainer state present), and says which newer ones it skipped and why.
 """
 
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import random
 import shutil
+import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +38,67 @@ from torch.distributed.checkpoint.state_dict import (
 from train.distributed import DistInfo, barrier
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or output folder cannot be written or read; the message names the path."""
+
+
+def prepare_output_dir(path: str | Path, key: str = "train.output_dir") -> Path:
+    """The run's output folder, made if needed; a file in its place or a folder this process cannot
+    write is a one-line error naming the recipe key, before any model loads."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{key}: {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"{key}: cannot write to {path} ({exc.strerror})") from None
+    return path
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (truncated or missing files), or None if it is whole."""
+    if not (folder / "trainer_state.pt").is_file() or (folder / "trainer_state.pt").stat().st_size == 0:
+        return "trainer_state.pt is missing or empty"
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("adapter/*.safetensors"))
+    if not weights:
+        return "it holds no *.safetensors weights"
+    for file in weights:
+        try:
+            with file.open("rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_len))
+        except (OSError, struct.error, ValueError) as exc:
+            return f"{file.name} has no readable header ({exc})"
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if file.stat().st_size < 8 + header_len + end:
+            return f"{file.name} is truncated ({file.stat().st_size} of {8 + header_len + end} bytes)"
+    return None
+
+
+def latest_checkpoint(output_dir: Path, log=print) -> Path | None:
+    """The newest whole checkpoint; newer broken ones are skipped, saying why."""
+    for folder in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        log(f"skipping checkpoint {folder}: {problem}")
+    return None
+
+
+def _remove_stale_temp(output_dir: Path) -> None:
+    for stale in output_dir.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _save_failed(tmp: Path, exc: OSError, what: str) -> CheckpointError:
+    shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(tmp.parent).free / 2**20 if tmp.parent.exists() else float("nan")
+    reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return CheckpointError(f"{tmp.parent}: cannot write {what} ({reason}; {free:.0f} MiB free)")
 
 
 def step_dir(output_dir: Path, step: int) -> Path:
@@ -95,15 +163,18 @@ def save_checkpoint(
     final = step_dir(output_dir, step)
     tmp = output_dir / f".tmp-{final.name}"
     if info.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_stale_temp(output_dir)
         tmp.mkdir(parents=True)
     barrier(info)
-    save_hf_weights(model, tokenizer, tmp, info)
-    optim_state = get_optimizer_state_dict(model, optimizer, options=FULL)
-    torch.save(_rng_state(), tmp / f"rng-rank{info.rank}.pt")
-    if info.is_main:
-        torch.save({"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-                    "data": data_state, "world_size": info.world_size}, tmp / "trainer_state.pt")
+    try:
+        save_hf_weights(model, tokenizer, tmp, info)
+        optim_state = get_optimizer_state_dict(model, optimizer, options=FULL)
+        torch.save(_rng_state(), tmp / f"rng-rank{info.rank}.pt")
+        if info.is_main:
+            torch.save({"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+                        "data": data_state, "world_size": info.world_size}, tmp / "trainer_state.pt")
+    except OSError as exc:
+        raise _save_failed(tmp, exc, f"checkpoint {final.name}") from exc
     barrier(info)
     if info.is_main:
         if final.exists():
@@ -150,7 +221,10 @@ def save_final(output_dir: Path, model, tokenizer, info: DistInfo) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(info)
-    save_hf_weights(model, tokenizer, tmp, info)
+    try:
+        save_hf_weights(model, tokenizer, tmp, info)
+    except OSError as exc:
+        raise _save_failed(tmp, exc, "the final model") from exc
     barrier(info)
     if info.is_main:
         if final.exists():
