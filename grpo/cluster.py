@@ -18,7 +18,6 @@ in Ray's object store and each rollout worker fetches them itself (the driver ne
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +159,10 @@ class Cluster:
     def train_step(self, batch: GRPOBatch) -> dict[str, float]:
         return self._learners("train_step", batch)[0]
 
+    def score(self, batch: GRPOBatch):
+        """The learner's log-probs (N, C) of the batch's completions."""
+        return self._learners("score", batch)[0]
+
     def load(self, folder: Path) -> dict:
         return self._learners("load", folder)[0]
 
@@ -171,24 +174,20 @@ class Cluster:
 
     # ---- rollout --------------------------------------------------------------------------
     def sync(self, version: int) -> float:
-        """The learners' weights onto every rollout worker, as `version`; returns seconds."""
-        start = time.perf_counter()
+        """The learners' weights onto every rollout worker, as `version`; each proves it holds them
+        (grpo/workers.py). Returns the largest probe |delta log p| between an engine and the learner."""
         timeout = self.recipe.rollout.sync_timeout_s
         if self.hybrid:
-            self._learners("sync_engine", version, timeout=timeout)
-        else:
-            futures = [h.submit("publish_weights") for h in self.learners]
-            self.published = wait(futures, timeout, "learners.publish_weights", fetch=False)[0]
-            self.published_version = version
-            self._with_restarts(lambda: self._load(range(len(self.rollout)), version))
-        return time.perf_counter() - start
+            return self._learners("sync_engine", version, timeout=timeout)[0]
+        futures = [h.submit("publish_weights") for h in self.learners]
+        self.published = wait(futures, timeout, "learners.publish_weights", fetch=False)[0]
+        self.published_version = version
+        return self._with_restarts(lambda: self._load(range(len(self.rollout)), version))
 
-    def _load(self, workers, version: int) -> None:
+    def _load(self, workers, version: int) -> float:
         published = self.published.value if isinstance(self.published, _Done) else self.published
         futures = [self.rollout[i].submit("load_weights", published, version) for i in workers]
-        got = wait(futures, self.recipe.rollout.sync_timeout_s, f"weight sync (version {version})")
-        if any(v != version for v in got):
-            raise WorkerError(f"weight sync: workers report versions {got}, expected {version}")
+        return max(wait(futures, self.recipe.rollout.sync_timeout_s, f"weight sync (version {version})"))
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> Rollout:
         """Split the prompts over the rollout workers (each its share, in order)."""

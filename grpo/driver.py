@@ -25,6 +25,7 @@ from grpo.advantages import group_advantages
 from grpo.batch import build_batch
 from grpo.config import GRPORecipe
 from grpo.groups import PromptSet, Timer, evaluate, sample_groups
+from grpo.parity import check_parity
 from grpo.run_log import RunLog, RunState, resume, step_metrics
 from grpo.stage import build_reward, preflight, prompt_sets
 from train.checkpoint import prepare_output_dir
@@ -41,8 +42,8 @@ def step(cluster, reward, prompts: PromptSet, state: RunState, recipe: GRPORecip
         learner = cluster.train_step(batch)
     state.step += 1
     with timer("weight_sync_s"):
-        cluster.sync(state.step)
-    return step_metrics(groups, advantages, learner, timer)
+        probe_diff = cluster.sync(state.step)
+    return {**step_metrics(groups, advantages, learner, timer), "rollout/sync_probe_diff": probe_diff}
 
 
 def run(recipe: GRPORecipe) -> Path:
@@ -61,14 +62,16 @@ def run(recipe: GRPORecipe) -> Path:
     if "start" not in state.history:
         state.history["start"] = evaluate(cluster, reward, eval_prompts, recipe)
     log = RunLog(recipe, state.step)
-    if state.step == 0:
-        log.evaluation(0, state.history["start"])
+    log.evaluation(state.step, {**(state.history["start"] if state.step == 0 else {}),
+                                **check_parity(cluster, eval_prompts, recipe, pad_id, state.step)})
     try:
         with stop_on_interrupt() as stop:
             while state.step < t.steps:
                 metrics = step(cluster, reward, train_prompts, state, recipe, pad_id)
                 if t.eval_every and state.step % t.eval_every == 0 and state.step < t.steps:
                     metrics.update(evaluate(cluster, reward, eval_prompts, recipe))
+                if recipe.rollout.parity_every and state.step % recipe.rollout.parity_every == 0:
+                    metrics.update(check_parity(cluster, eval_prompts, recipe, pad_id, state.step))
                 log.step(state.step, metrics)
                 if stop and state.step < t.steps:
                     raise stopped(state.step, cluster.save(output, state.step, state.driver_state(),

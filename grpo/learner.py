@@ -94,6 +94,11 @@ class Learner:
         model.train(was_training)
         return torch.cat(parts)
 
+    def score(self, batch: GRPOBatch) -> torch.Tensor | None:
+        """(N, C) the policy's log-probs of every row (each rank scores all rows; rank 0 returns)."""
+        logp = self._score(self.model, batch)
+        return logp if self.info.is_main else None
+
     # ---- one GRPO step -----------------------------------------------------------------------
     def train_step(self, batch: GRPOBatch) -> dict[str, float]:
         """mu updates on this rank's rows of the batch; metrics are the same on every rank."""

@@ -1,10 +1,15 @@
 """The processes GRPO runs, as plain classes (grpo/cluster.py runs them as Ray actors or in-process).
 
 - `RolloutWorker`: a rollout engine (rollout/local.py or rollout/vllm_engine.py) on its own copy of
-  the policy; loads versioned weights and checks their checksum.
-- `LearnerWorker`: a `Learner` (grpo/learner.py) that publishes its weights with their checksum;
-  with `ray.placement: hybrid` it also hosts the rollout engine on its own copy of the weights, so
-  a sync is an in-memory copy, not a transfer.
+  the policy; loads versioned weights and proves they landed (`verify_sync`).
+- `LearnerWorker`: a `Learner` (grpo/learner.py) that publishes its weights with their checksum and
+  its own log-probs of a fixed probe sequence; with `ray.placement: hybrid` it also hosts the
+  rollout engine on its own copy of the weights, so a sync is an in-memory copy, not a transfer.
+
+A sync is proven, not assumed (other toolkits shipped runs whose engines never got new weights):
+the weights arrive with the sender's checksum; once loaded, the engine scores the probe with its
+live weights and must agree with the learner within `rollout.sync_tolerance`; and an engine that
+holds the weights in the sent dtype (LocalEngine in fp32) must hold exactly the sent bits.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 
 from grpo.config import GRPORecipe
 from grpo.learner import Learner
+from policy.logprobs import probe_tokens, sequence_logprobs
 from rollout.engine import Rollout, SamplingConfig, weights_checksum
 
 
@@ -31,9 +37,11 @@ def make_engine(recipe: GRPORecipe, index: int, model=None, tokenizer=None):
     """The recipe's rollout engine; `model` (hybrid placement) is the learner's policy, copied."""
     r, p = recipe.rollout, recipe.policy
     if r.engine == "vllm":
+        from policy.load import checkpoint_path
         from rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(p.name, dtype=r.dtype, seed=recipe.train.seed + index)
+        return VLLMEngine(str(checkpoint_path(p.name, p.seed)), dtype=r.dtype, seed=recipe.train.seed + index,
+                          max_model_len=r.max_model_len)
     from rollout.local import LocalEngine
 
     if model is None:
@@ -47,11 +55,34 @@ def make_engine(recipe: GRPORecipe, index: int, model=None, tokenizer=None):
     return LocalEngine(model, tokenizer, dtype=getattr(torch, r.dtype))
 
 
+def sync_tolerance(recipe: GRPORecipe) -> float:
+    """How far the engine's probe log-probs may be from the learner's: kernels differ (fp32: ~1e-5
+    seen), and a bf16 copy rounds (SmolLM2: up to 0.22 nats)."""
+    r = recipe.rollout
+    return r.sync_tolerance if r.sync_tolerance is not None else (2e-3 if r.dtype == "float32" else 0.5)
+
+
+def verify_sync(engine, published: dict, version: int, tolerance: float, who: str) -> float:
+    """Raise unless the engine now runs the published weights; returns the probe's max |delta log p|."""
+    live = torch.tensor(engine.probe(published["probe"]["tokens"]))
+    diff = float((live - torch.tensor(published["probe"]["logprobs"])).abs().max())
+    if not diff <= tolerance:
+        raise WorkerError(f"{who}: weights version {version} did not land: the engine's log-probs of the probe differ "
+                          f"from the learner's by {diff:.3g} (rollout.sync_tolerance {tolerance:g})")
+    model = getattr(engine, "model", None)
+    state = published["state"]
+    if model is not None and next(iter(state.values())).dtype == next(model.parameters()).dtype:
+        if weights_checksum(model.state_dict()) != published["checksum"]:
+            raise WorkerError(f"{who}: weights version {version}: the engine's weights differ from the ones sent")
+    return diff
+
+
 class RolloutWorker:
     def __init__(self, recipe: GRPORecipe, index: int, threads: int | None = None):
         torch.set_num_threads(threads or os.cpu_count())  # Ray actors start with one thread
         self.index = index
         self.engine = make_engine(recipe, index)
+        self.tolerance = sync_tolerance(recipe)
         self.version = 0
 
     def pid(self) -> int:
@@ -60,15 +91,17 @@ class RolloutWorker:
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> Rollout:
         return self.engine.generate(prompts, n, sampling, seed)
 
-    def load_weights(self, published: dict, version: int) -> int:
-        """published: {"state": name -> tensor, "checksum": the sender's weights_checksum}."""
+    def load_weights(self, published: dict, version: int) -> float:
+        """published: {"state": name -> tensor, "checksum": the sender's weights_checksum, "probe": the
+        learner's log-probs of the probe}; returns the probe's max |delta log p|."""
         got = weights_checksum(published["state"])
         if got != published["checksum"]:
             raise WorkerError(f"rollout worker {self.index}: weights version {version} arrived with checksum {got}, "
                               f"sent {published['checksum']} (partial or corrupt sync)")
         self.engine.load_weights(published["state"], version)
+        diff = verify_sync(self.engine, published, version, self.tolerance, f"rollout worker {self.index}")
         self.version = version
-        return version
+        return diff
 
 
 class LearnerWorker(Learner):
@@ -82,15 +115,23 @@ class LearnerWorker(Learner):
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> Rollout:
         return self.engine.generate(prompts, n, sampling, seed)
 
-    def sync_engine(self, version: int) -> int:
-        self.engine.load_weights(self.model.state_dict(), version)
-        return version
+    def sync_engine(self, version: int) -> float:
+        published = {"state": self.model.state_dict(), "checksum": None, "probe": self._probe()}
+        published["checksum"] = weights_checksum(published["state"])
+        self.engine.load_weights(published["state"], version)
+        return verify_sync(self.engine, published, version, sync_tolerance(self.recipe), "the hybrid engine")
 
     def pid(self) -> int:
         return os.getpid()
 
+    def _probe(self) -> dict:
+        """The learner's log-probs of the probe sequence (a forward: every rank takes part)."""
+        tokens = probe_tokens(self.model.config.vocab_size)
+        return {"tokens": tokens, "logprobs": sequence_logprobs(self.model, tokens)}
+
     def publish_weights(self) -> dict | None:
-        """Rank 0: {"state": unsharded weights, "checksum": their digest}; other ranks: None (every
-        rank must call it: gathering the shards is collective)."""
+        """Rank 0: {"state": unsharded weights, "checksum": their digest, "probe": the learner's
+        log-probs of the probe}; other ranks: None (every rank must call it: it is collective)."""
         state = self.full_state_dict()
-        return None if state is None else {"state": state, "checksum": weights_checksum(state)}
+        probe = self._probe()
+        return None if state is None else {"state": state, "checksum": weights_checksum(state), "probe": probe}

@@ -1,7 +1,7 @@
 """Loading a policy by preset name or checkpoint directory.
 
 `load_policy(name_or_path)` returns (model, tokenizer):
-- `tiny`: built from policy/presets.py with a fixed seed and the byte-level chat tokenizer;
+- `tiny`, `tiny-576`: built from policy/presets.py with a fixed seed and the byte-level chat tokenizer;
 - `smollm2-135m-instruct`: the converted GGUF (policy/smollm2.py);
 - a directory with config.json: DeepSeek-V2 checkpoints load as our `DeepseekV2Policy` (same
   files as transformers' class), any other causal LM through `AutoModelForCausalLM`.
@@ -12,6 +12,7 @@ for counting on the meta device; loading them asks for a checkpoint directory in
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Deepse
 
 from policy.model import DeepseekV2Policy, moe_options_from_config
 from policy.moe import MoEOptions
-from policy.presets import DEEPSEEK_PRESETS, PRESETS, SMOLLM2, WEIGHTLESS_PRESETS
-from policy.smollm2 import PolicyLoadError, smollm2_dir
+from policy.presets import BUILT_IN, DEEPSEEK_PRESETS, PRESETS, SMOLLM2, WEIGHTLESS_PRESETS
+from policy.smollm2 import PolicyLoadError, cache_dir, smollm2_dir
 from policy.tokenizer import byte_chat_tokenizer
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
@@ -49,6 +50,21 @@ def base_model(model):
 def pad_token_id(tokenizer) -> int:
     """The padding id: the tokenizer's, else its EOS (Llama-family tokenizers often have none)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def checkpoint_path(name_or_path: str, seed: int = 0) -> Path:
+    """A directory holding the policy as a Hugging Face checkpoint (what vLLM loads): a checkpoint
+    directory as it is; a built-in preset written once (per seed) under the deepalign cache."""
+    if name_or_path not in BUILT_IN:
+        return checkpoint_folder(name_or_path)
+    folder = cache_dir() / "presets" / f"{name_or_path}-seed{seed}"
+    if not (folder / "config.json").exists():
+        model, tokenizer = load_policy(name_or_path, seed=seed)
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(folder)
+    return folder
 
 
 def validate_deepseek_config(config, where: str) -> None:
@@ -85,7 +101,7 @@ def preset_moe_options(name_or_path: str, config) -> MoEOptions:
 
 def load_tokenizer(name_or_path: str):
     """The tokenizer of a preset or checkpoint, without loading any weights."""
-    if name_or_path == "tiny":
+    if name_or_path in BUILT_IN:
         return byte_chat_tokenizer()
     if name_or_path in WEIGHTLESS_PRESETS:
         raise PolicyLoadError(f"{name_or_path}: no tokenizer here; pass the released checkpoint directory")
@@ -108,9 +124,9 @@ def load_policy(
             f"{name_or_path}: this preset has no weights here; pass a checkpoint directory of the "
             "released model, or use `deepalign policy info` for its figures"
         )
-    if name_or_path == "tiny":
-        config = policy_config("tiny")
-        options = replace(preset_moe_options("tiny", config), **(moe_overrides or {}))
+    if name_or_path in BUILT_IN:
+        config = policy_config(name_or_path)
+        options = replace(preset_moe_options(name_or_path, config), **(moe_overrides or {}))
         torch.manual_seed(seed)
         model = DeepseekV2Policy(config, options)
         tokenizer = byte_chat_tokenizer()

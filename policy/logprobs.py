@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from policy.compat import cache_of, with_cache
 from policy.load import base_model
 from policy.model import DeepseekV2Policy
 
@@ -90,10 +91,10 @@ def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> t
     first = torch.full((distinct,), n, device=ids.device).scatter_reduce(0, inverse, rows, "amin")
     prompt = model(input_ids=ids[first, :p], attention_mask=attention[first, :p].long(),
                    position_ids=positions[first, :p], use_cache=True, logits_to_keep=1, **kwargs)
-    cache = prompt.cache
+    cache = cache_of(prompt)
     _select_cache_rows(cache, inverse)
     rest = model(input_ids=ids[:, p : p + c - 1], attention_mask=attention[:, : p + c - 1].long(),
-                 position_ids=positions[:, p : p + c - 1], cache=cache, use_cache=True, **kwargs)
+                 position_ids=positions[:, p : p + c - 1], use_cache=True, **with_cache(cache), **kwargs)
     return torch.cat([prompt.logits.index_select(0, inverse), rest.logits], dim=1), rest
 
 
@@ -104,3 +105,20 @@ def _select_cache_rows(cache, rows: torch.Tensor) -> None:
     for layer in cache.layers:
         if layer.get_seq_length() > 0:
             layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+
+
+def probe_tokens(vocab_size: int, length: int = 24, seed: int = 20261202) -> list[int]:
+    """A fixed token sequence that learner and engines score to show they hold the same weights."""
+    return torch.randint(0, vocab_size, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@torch.no_grad()
+def sequence_logprobs(model, tokens: list[int]) -> list[float]:
+    """log p(tokens[i] | tokens[:i]) for i >= 1 under the model's own forward, in fp32."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([tokens], device=device)
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    model.train(was_training)
+    return logits.log_softmax(-1).gather(1, ids[0, 1:].unsqueeze(1)).squeeze(1).cpu().tolist()

@@ -28,6 +28,7 @@ from transformers import DeepseekV2ForCausalLM
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe
 
+from policy.compat import cache_of, with_cache
 from policy.moe import DeepSeekMoE, MoEAux, MoEOptions, RoutingContext
 from policy.routing import RouterStats
 
@@ -139,7 +140,7 @@ class DeepseekV2Policy(DeepseekV2ForCausalLM):
             loss=out.loss,
             aux_loss=aux,
             logits=out.logits,
-            cache=out.cache,
+            **with_cache(cache_of(out)),
             hidden_states=out.hidden_states,
             attentions=out.attentions,
             router_logits=out.router_logits,

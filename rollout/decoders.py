@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from policy.compat import cache_of, with_cache
 from policy.mla_decode import MLADecoder
 from rollout.kv_decode import SUPPORTED, LlamaDecoder
 
@@ -45,9 +46,9 @@ class HFDecoder:
         seen = cache["valid"][:, : cache["length"]].sum(1, keepdim=True)
         positions = (seen + valid.long().cpu().cumsum(1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=cache["valid"].long().to(input_ids.device),
-                         position_ids=positions.to(input_ids.device), cache=cache["past"], use_cache=True,
+                         position_ids=positions.to(input_ids.device), use_cache=True, **with_cache(cache["past"]),
                          logits_to_keep=1 if last_only else 0)
-        cache["past"] = out.cache
+        cache["past"] = cache_of(out)
         cache["length"] += input_ids.shape[1]
         return out.logits
 

@@ -87,6 +87,9 @@ class RolloutEngine(Protocol):
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Replace the policy weights (full, unsharded tensors by parameter name)."""
 
+    def probe(self, tokens: list[int]) -> list[float]:
+        """log p(tokens[i] | tokens[:i]) for i >= 1 from the weights the engine runs on now."""
+
 
 def weights_checksum(state_dict: dict[str, torch.Tensor], stride: int = 16) -> str:
     """A digest of names, dtypes, shapes and the bit patterns of every `stride`-th value (summed as

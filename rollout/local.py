@@ -87,6 +87,19 @@ class LocalEngine:
             self.decoder.refresh()
         self.version = version
 
+    @torch.no_grad()
+    def probe(self, tokens: list[int]) -> list[float]:
+        """log p(tokens[i] | tokens[:i]) for i >= 1 through the engine's own decoder: its first half as
+        one prefill, the rest as single-token steps (which run the fused weights a load rebuilt)."""
+        device = self.model.get_input_embeddings().weight.device
+        half = max(len(tokens) // 2, 1)
+        cache = self.decoder.allocate(1, len(tokens))
+        logits = [self.decoder.forward(torch.tensor([tokens[:half]], device=device), cache)[0]]
+        for t in tokens[half:-1]:
+            logits.append(self.decoder.forward(torch.tensor([[t]], device=device), cache)[0])
+        logp = torch.cat(logits).float().log_softmax(-1)
+        return logp.gather(1, torch.tensor(tokens[1:], device=device).unsqueeze(1)).squeeze(1).cpu().tolist()
+
     def _stopped_by_string(self, tokens: list[int], stop: list[str]) -> bool:
         tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
         return any(s in tail for s in stop)

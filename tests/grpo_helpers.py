@@ -34,6 +34,13 @@ def kill_rollout_once(prompts, completions, marker=None, **_):
         from grpo.cluster import Cluster
 
         Path(marker).write_text("killed")
-        cluster = next(o for o in gc.get_objects() if isinstance(o, Cluster))
+        cluster = next(o for o in gc.get_objects() if _is(o, Cluster))
         os.kill(ray.get(cluster.rollout[0].actor.pid.remote()), signal.SIGKILL)
     return [float(len(c)) / 10 for c in completions]
+
+
+def _is(obj, cls) -> bool:
+    try:
+        return isinstance(obj, cls)
+    except ReferenceError:  # a weak proxy whose referent is gone
+        return False

@@ -127,3 +127,17 @@ def test_trl_advantage_formula():
     std = grouped.std(1).repeat_interleave(4)
     trl = (rewards - mean) / (std + 1e-4)
     assert torch.allclose(group_advantages(grouped).flatten(), trl, atol=1e-6)
+
+
+def test_parity_metrics_by_hand():
+    from grpo.parity import parity_metrics
+
+    # d = log p_learner - log p_engine = [log(.25/.5), 0] = [-log 2, 0]; r = [0.5, 1]
+    # k3 = r - 1 - d = [0.5 - 1 + log 2, 0] = [0.193147, 0] -> mean 0.0965736
+    engine = torch.tensor([[math.log(0.5), math.log(0.25), 9.0]])
+    learner = torch.tensor([[math.log(0.25), math.log(0.25), -9.0]])
+    mask = torch.tensor([[True, True, False]])  # the third is padding
+    m = parity_metrics(engine, learner, mask)
+    assert m["parity/mismatch_kl"] == pytest.approx((0.5 - 1 + math.log(2)) / 2, abs=1e-6)
+    assert m["parity/mean_abs_logp_diff"] == pytest.approx(math.log(2) / 2, abs=1e-6)
+    assert m["parity/max_abs_logp_diff"] == pytest.approx(math.log(2), abs=1e-6)

@@ -252,3 +252,28 @@ def test_fallback_decoder_for_other_architectures():
     with torch.no_grad():
         logp, _ = completion_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_width, 0.8)
     assert torch.allclose(logp[batch.completion_mask], batch.rollout_logp[batch.completion_mask], atol=1e-4)
+
+
+def test_a_weight_sync_proves_it_landed_and_a_skipped_one_is_caught():
+    import copy
+
+    from grpo.workers import WorkerError, verify_sync
+    from policy.logprobs import probe_tokens, sequence_logprobs
+
+    learner, tokenizer = load_policy("tiny")
+    engine = LocalEngine(copy.deepcopy(learner), tokenizer)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    tokens = probe_tokens(learner.config.vocab_size)
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    published = {"state": state, "checksum": weights_checksum(state), "probe": {
+        "tokens": tokens, "logprobs": sequence_logprobs(learner, tokens)}}
+    with pytest.raises(WorkerError, match=r"weights version 3 did not land: the engine's log-probs of the probe "
+                                          r"differ from the learner's by [\d.]+"):
+        verify_sync(engine, published, 3, 2e-3, "rollout worker 0")  # the sync was skipped
+    engine.load_weights(state, 3)
+    assert verify_sync(engine, published, 3, 2e-3, "rollout worker 0") < 1e-4  # decode path and weights agree
+    engine.model.lm_head.weight.data[0, 0] += 1e-3  # a stray change the probe barely sees: the checksum does
+    with pytest.raises(WorkerError, match="the engine's weights differ from the ones sent"):
+        verify_sync(engine, published, 3, 2e-3, "rollout worker 0")
