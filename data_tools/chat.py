@@ -106,10 +106,12 @@ def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]
 def encode_prompts(tokenizer, prompts: list, chat: bool = True) -> list[list[int]]:
     """Token ids per prompt, ready for generation: a string is one user turn, a list of messages is
     the conversation so far; both end with the template's generation prompt. Without a chat template
-    (or with chat False) a string is tokenised as it is."""
+    (or with chat False) a string is tokenised as it is; a list of messages always needs the template."""
     out = []
     for p in prompts:
-        if chat and tokenizer.chat_template:
+        if not isinstance(p, str) and not tokenizer.chat_template:
+            raise TemplateError(f"tokenizer {tokenizer.name_or_path!r} has no chat template for conversational prompts")
+        if (chat or not isinstance(p, str)) and tokenizer.chat_template:
             messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
             out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                      return_dict=True)["input_ids"])

@@ -1,12 +1,16 @@
-"""Prompt sets for GRPO: built-in tasks (no downloads) and JSONL files.
+"""Prompt sets for GRPO: built-in tasks (no downloads) and JSONL / Parquet / saved-datasets files.
 
-A `PromptRow` is the prompt text plus the columns reward functions read (`answer` for
-math_accuracy, `tests` / `entry_point` for code_tests, `category` for refusal). Built-in sets
-are seeded; the eval split is drawn from a different seed and made disjoint from training.
+A `PromptRow` is the prompt (a string or, in TRL's conversational format, a list of messages)
+plus every other column of its row, which reach the reward functions under their own names
+(`answer` for math_accuracy, `tests` / `entry_point` for code_tests, `category` for refusal, and
+any column a user's reward reads). Built-in sets are seeded; the eval split is drawn from a
+different seed and made disjoint from training. A file's held-out rows come from a separate
+`data.eval_source` or are cut from the shuffled file.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 
@@ -18,7 +22,9 @@ BUILTINS = ("builtin:arithmetic", "builtin:word", "builtin:code", "builtin:chat"
 
 @dataclass
 class PromptRow:
-    prompt: str
+    """prompt: a string, or a list of messages (conversational); columns: the row's other columns."""
+
+    prompt: str | list[dict[str, str]]
     columns: dict = field(default_factory=dict)
 
 
@@ -71,23 +77,61 @@ def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3) -> list
     raise RecipeError(f"data.source: unknown built-in {source!r}; built-ins: {', '.join(BUILTINS)}")
 
 
-def load_prompts(source: str, n: int, eval_n: int, seed: int,
-                 max_digits: int = 3) -> tuple[list[PromptRow], list[PromptRow]]:
-    """(train, eval) prompt rows; eval prompts never appear in train."""
-    if source.startswith("builtin:"):
-        evals = builtin_prompts(source, eval_n, seed + HELD_OUT_SEED, max_digits)
-        held_out = {r.prompt for r in evals}
-        train = [r for r in builtin_prompts(source, n + eval_n, seed, max_digits) if r.prompt not in held_out][:n]
-        return train, evals
+def read_prompt_file(source: str, columns: dict[str, str] | None = None) -> list[PromptRow]:
+    """Every row of a JSONL / Parquet / saved-datasets prompt file (data_tools/schema.py formats)."""
     from data_tools.readers import read_records
     from data_tools.schema import parse_prompt
 
-    records = read_records(source, parse_prompt)
-    rows = []
-    for _, rec in records:
-        columns = {k: v for k, v in vars(rec).items() if v is not None and k not in ("prompt", "id", "source")}
-        rows.append(PromptRow(rec.prompt, columns))
-    if len(rows) <= eval_n:
-        raise RecipeError(f"data.source: {source} has {len(rows)} prompts; need more than eval_prompts={eval_n}")
-    random.Random(seed).shuffle(rows)
-    return rows[eval_n : eval_n + n], rows[:eval_n]
+    parse = functools.partial(parse_prompt, columns=columns or None)
+    return [PromptRow(rec.prompt, rec.columns) for _, rec in read_records(source, parse)]
+
+
+def first_prompt_row(source: str, columns: dict[str, str] | None = None, seed: int = 0,
+                     max_digits: int = 3) -> PromptRow:
+    """The source's first row, read without loading the rest (the rewards' pre-flight call)."""
+    if source.startswith("builtin:"):
+        return builtin_prompts(source, 1, seed, max_digits)[0]
+    from data_tools.readers import read_records
+    from data_tools.schema import parse_prompt
+
+    for _, rec in read_records(source, functools.partial(parse_prompt, columns=columns or None)):
+        return PromptRow(rec.prompt, rec.columns)
+    raise RecipeError(f"data.source: {source} has no rows")
+
+
+def load_prompts(source: str, n: int, eval_n: int, seed: int, max_digits: int = 3, eval_source: str | None = None,
+                 columns: dict[str, str] | None = None) -> tuple[list[PromptRow], list[PromptRow]]:
+    """(train, eval) prompt rows; eval prompts never appear in train. With `eval_source` the held-out
+    rows are that file's (its first eval_n); otherwise eval_n rows of a shuffled file are held out,
+    or a fifth of a file too small for that (saying so)."""
+    if source.startswith("builtin:"):
+        evals = builtin_prompts(source, eval_n, seed + HELD_OUT_SEED, max_digits)
+        held_out = {_key(r.prompt) for r in evals}
+        train = [r for r in builtin_prompts(source, n + eval_n, seed, max_digits)
+                 if _key(r.prompt) not in held_out][:n]
+    else:
+        train = read_prompt_file(source, columns)
+        random.Random(seed).shuffle(train)
+    if eval_source:
+        evals = (builtin_prompts(eval_source, eval_n, seed + HELD_OUT_SEED, max_digits)
+                 if eval_source.startswith("builtin:") else read_prompt_file(eval_source, columns)[:eval_n])
+        held_out = {_key(r.prompt) for r in evals}
+        train = [r for r in train if _key(r.prompt) not in held_out]
+        if not train:
+            raise RecipeError(f"data.source: every prompt of {source} is also in data.eval_source {eval_source}")
+        return train[:n], evals
+    if source.startswith("builtin:"):
+        return train, evals
+    if len(train) < 2:
+        raise RecipeError(f"data.source: {source} has {len(train)} prompt(s); GRPO needs at least 2 "
+                          "(one to train on, one held out), or a separate data.eval_source")
+    if len(train) <= eval_n:
+        cut = max(1, len(train) // 5)
+        print(f"data.source: {source} has {len(train)} prompts, not more than data.eval_prompts={eval_n}: holding "
+              f"out {cut} of them (set data.eval_source for a separate held-out file)")
+        eval_n = cut
+    return train[eval_n : eval_n + n], train[:eval_n]
+
+
+def _key(prompt) -> str:
+    return prompt if isinstance(prompt, str) else repr(prompt)

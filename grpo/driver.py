@@ -52,6 +52,8 @@ def run(recipe: GRPORecipe) -> Path:
     output = prepare_output_dir(t.output_dir)
     preflight(recipe)  # every reward resolves before Ray starts or a model loads
     train_prompts, eval_prompts, pad_id = prompt_sets(recipe)
+    print(f"prompts: {len(train_prompts.rows)} training, {len(eval_prompts.rows)} held out; loading the policy",
+          flush=True)
     workers.start(recipe.ray)
     torch.manual_seed(t.seed)
     reward = build_reward(recipe)
@@ -60,6 +62,7 @@ def run(recipe: GRPORecipe) -> Path:
     state = resume(cluster, recipe, len(train_prompts.rows))
     cluster.sync(state.step)
     if "start" not in state.history:
+        print(f"held-out evaluation before step 1 ({len(eval_prompts.rows)} prompts, greedy)", flush=True)
         state.history["start"] = evaluate(cluster, reward, eval_prompts, recipe)
     log = RunLog(recipe, state.step)
     log.evaluation(state.step, {**(state.history["start"] if state.step == 0 else {}),

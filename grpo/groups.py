@@ -83,12 +83,21 @@ class Groups:
     tokens_per_second: float = 0.0
 
 
+def completions_for(prompts: list, texts: list[str]) -> list:
+    """TRL's rule: a conversational prompt's completion is a list with one assistant message, a
+    string prompt's a string."""
+    return [text if isinstance(p, str) else [{"role": "assistant", "content": text}]
+            for p, text in zip(prompts, texts, strict=True)]
+
+
 def score(reward: CombinedReward, rows: list[PromptRow], rollout: Rollout, n: int) -> RewardBatch:
-    """The rewards of n completions per row; every column of the rows reaches the reward functions."""
+    """The rewards of n completions per row; every column of the rows reaches the reward functions
+    under its own name (None where a row lacks it)."""
     keys = sorted({k for r in rows for k in r.columns})
     columns = {k: [r.columns.get(k) for r in rows for _ in range(n)] for k in keys}
     prompts = [r.prompt for r in rows for _ in range(n)]
-    return reward(prompts, rollout.texts, completion_ids=rollout.completion_ids, **columns)
+    return reward(prompts, completions_for(prompts, rollout.texts), completion_ids=rollout.completion_ids,
+                  **columns)
 
 
 def sample_groups(cluster, reward: CombinedReward, prompts: PromptSet, order: PromptOrder, recipe: GRPORecipe,

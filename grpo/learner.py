@@ -4,12 +4,16 @@ One `Learner` per process of the learner group. With several, they form one torc
 group (gloo on CPU, NCCL on GPU) and the policy is sharded with FSDP2 (train/distributed.py),
 each rank taking its share of the batch's rows; with a DeepSeekMoE policy the routed experts are
 split over the learners instead (expert parallelism, train/expert_parallel.py). The reference
-model is frozen and sharded with FSDP2 alone. Log-probs come from policy/logprobs.py (each
+model is frozen and sharded with FSDP2 alone. With `lora.enabled` only the adapters train
+(policy/lora.py) and, when the reference is the starting policy, it is the same model with its
+adapters disabled: no second copy of the weights. Routed-expert adapters run without expert
+parallelism (FSDP2 shards them with the rest). Log-probs come from policy/logprobs.py (each
 distinct prompt runs once per group; MoE balance losses then cover the completion tokens, each
 completion one sequence: a departure from SFT's every-token balance; token dropping off).
 
 Log-probs are taken at the sampling temperature, the distribution the engine sampled from.
-`full_state_dict()` gathers unsharded weights for the rollout workers. Metrics stay tensors until
+`full_state_dict()` gathers unsharded weights for the rollout workers (with LoRA: merged, under the
+base model's names, so an engine never knows about adapters). Metrics stay tensors until
 the step ends: one host sync per step, not several per micro-batch.
 """
 
@@ -25,6 +29,7 @@ from grpo.config import GRPORecipe
 from grpo.loss import grpo_loss, truncated_is_weights
 from policy.load import load_policy
 from policy.logprobs import completion_logprobs
+from policy.lora import adapters_disabled, apply_lora, lora_layout, merged_state_dict
 from train.checkpoint import load_checkpoint, save_checkpoint, save_final
 from train.distributed import all_reduce_sum, apply_fsdp, full_value, join_group
 from train.expert_parallel import apply_expert_parallel
@@ -43,28 +48,44 @@ class Learner:
         p = recipe.policy
         self.model, self.tokenizer = load_policy(p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
         self.model.to(self.info.device)
-        self.reference = None
+        self.lora = recipe.lora.enabled
+        if self.lora:
+            self.model = apply_lora(self.model, recipe.lora)
+        self.reference, self.shared_reference = None, False
         if recipe.algorithm.loss.beta != 0.0:
-            self.reference, _ = load_policy(recipe.reference or p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
-            self.reference.to(self.info.device).requires_grad_(False)
+            if self.lora and recipe.reference in (None, p.name):
+                self.shared_reference = True  # the base under the adapters
+            else:
+                self.reference, _ = load_policy(recipe.reference or p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
+                self.reference.to(self.info.device).requires_grad_(False)
         attention = recipe.train.attention
         if attention == "auto":
             attention = "sdpa" if self.info.device.type == "cuda" else "eager"
         for model in (self.model, self.reference):
             if model is not None:
                 model.set_attn_implementation(attention)
-        self.layout = "1 learner"
-        if self.info.enabled:
-            experts = apply_expert_parallel(self.model, self.info) if recipe.train.expert_parallel else set()
-            self.model = apply_fsdp(self.model, ignored_params=experts)
-            self.layout = f"{self.info.world_size} learners: FSDP2" + (
-                f" + expert parallelism ({len(experts) // 2} MoE layers, 1/{self.info.world_size} of the routed "
-                "experts each)" if experts else "")
-            if self.reference is not None:
-                self.reference = apply_fsdp(self.reference)
+        self.layout = self._distribute()
+        self.lora_layout = lora_layout(self.model) if self.lora else None
         self.model.train()
         self.optimizer = make_optimizer(self.model, recipe.optim, self.info)
         self.scheduler = make_scheduler(self.optimizer, recipe.optim, recipe.train.steps)
+
+    def _distribute(self) -> str:
+        """FSDP2 (and expert parallelism) over the learner group; a line saying what ran where."""
+        lora = ""
+        if self.lora:
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            lora = f"LoRA r={self.recipe.lora.r} ({trainable / 1e6:.2f}M trainable parameters)"
+        if not self.info.enabled:
+            return "learner: 1 process" + (f", {lora}" if lora else "")
+        ep = self.recipe.train.expert_parallel and not (self.lora and self.recipe.lora.routed_experts)
+        experts = apply_expert_parallel(self.model, self.info) if ep else set()
+        self.model = apply_fsdp(self.model, ignored_params=experts)
+        if self.reference is not None:
+            self.reference = apply_fsdp(self.reference)
+        return f"learners: {self.info.world_size} processes, FSDP2" + (
+            f" + expert parallelism ({len(experts) // 2} MoE layers, 1/{self.info.world_size} of the routed "
+            "experts each)" if experts else "") + (f", {lora}" if lora else "")
 
     def describe(self) -> str:
         return self.layout
@@ -108,7 +129,10 @@ class Learner:
         mine = batch.rows(self._my_rows(num_sequences))
         if a.mu > 1:  # with one update pi_old is the current policy: its log-probs come from the same forward
             mine.old_logp = self._score(self.model, mine)
-        if self.reference is not None:
+        if self.shared_reference:
+            with adapters_disabled(self.model):
+                mine.ref_logp = self._score(self.model, mine)
+        elif self.reference is not None:
             mine.ref_logp = self._score(self.reference, mine)
         totals = torch.zeros(len(SUMS), dtype=torch.float64)
         skipped, grad_norm = 0, 0.0
@@ -159,13 +183,16 @@ class Learner:
     # ---- weights and checkpoints ---------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Unsharded CPU tensors (on rank 0; None elsewhere). Every rank must call it. On CPU these are
-        the live parameters, not copies: the caller serialises or loads them before the next update."""
+        the live parameters, not copies: the caller serialises or loads them before the next update.
+        With LoRA: the merged weights, W + (alpha / r) B A, under the base model's names."""
         state = {}
         for name, value in self.model.state_dict().items():
             full = full_value(value)
             if self.info.is_main:
                 state[name] = full.detach().to("cpu")
-        return state if self.info.is_main else None
+        if not self.info.is_main:
+            return None
+        return merged_state_dict(state, self.lora_layout) if self.lora else state
 
     def save(self, output_dir, step: int, driver_state: dict, keep: int) -> str:
         return str(save_checkpoint(output_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler,

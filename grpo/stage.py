@@ -2,20 +2,23 @@
 ids chat-templated for the policy) and the combined reward.
 
 `preflight` checks what can be checked before any model loads or Ray starts: every reward
-resolves (user modules import, params bind). Reward models marked `ray_actor` are built once Ray
-runs (grpo/cluster.py serves them).
+resolves (user modules import, params bind) and takes the data's first row (signature,
+columns). Reward models marked `ray_actor` are built once Ray runs (grpo/cluster.py serves them).
 """
 
 from __future__ import annotations
 
 from data_tools.chat import encode_prompts
-from data_tools.prompts import load_prompts
+from data_tools.prompts import first_prompt_row, load_prompts
 from grpo.config import GRPORecipe
-from grpo.groups import PromptSet
+from grpo.groups import PromptSet, completions_for
 from policy.load import load_tokenizer, pad_token_id, policy_config
+from rewards.api import call_reward
 from rewards.combine import CombinedReward, RewardComponent
 from rewards.registry import UnknownRewardError
 from train.recipe import RecipeError
+
+NOT_CALLED = ("reward_model", "code_tests")  # the pre-flight call would load a model / start sandboxes
 
 
 def prompt_sets(recipe: GRPORecipe) -> tuple[PromptSet, PromptSet, int]:
@@ -23,12 +26,13 @@ def prompt_sets(recipe: GRPORecipe) -> tuple[PromptSet, PromptSet, int]:
     context no room for `rollout.sampling.max_new_tokens` are dropped, saying how many."""
     d = recipe.data
     tokenizer = load_tokenizer(recipe.policy.name)
-    train_rows, eval_rows = load_prompts(d.source, d.num_prompts, d.eval_prompts, d.seed, d.max_digits)
+    train_rows, eval_rows = load_prompts(d.source, d.num_prompts, d.eval_prompts, d.seed, d.max_digits,
+                                         d.eval_source, d.columns)
     context = getattr(policy_config(recipe.policy.name), "max_position_embeddings", None)
     room = context - recipe.rollout.sampling.max_new_tokens if context else None
     sets = []
     for name, rows in (("training", train_rows), ("held-out", eval_rows)):
-        ids = encode_prompts(tokenizer, [r.prompt for r in rows])
+        ids = encode_prompts(tokenizer, [r.prompt for r in rows], chat=d.chat_template)
         fits = [i for i, x in enumerate(ids) if room is None or len(x) <= room]
         if len(fits) < len(rows):
             print(f"{name} prompts: {len(rows) - len(fits)} of {len(rows)} are longer than {room} tokens (the policy's "
@@ -40,9 +44,31 @@ def prompt_sets(recipe: GRPORecipe) -> tuple[PromptSet, PromptSet, int]:
     return sets[0], sets[1], pad_token_id(tokenizer)
 
 
-def preflight(recipe: GRPORecipe) -> None:
-    """What can be checked before any model loads or Ray starts: every reward resolves."""
+def preflight(recipe: GRPORecipe, data: bool = True) -> None:
+    """What can be checked before any model loads or Ray starts: every reward resolves and (with
+    `data`) takes the data's first row: each reward is called on it with an empty completion, so a
+    wrong signature or a missing column fails in seconds. Reward models and code_tests are not
+    called (they load a model / start a sandbox pool)."""
     build_reward(recipe, ray_actors=False)
+    if not data:
+        return
+    d = recipe.data
+    row = first_prompt_row(d.source, d.columns, d.seed, d.max_digits)
+    for spec in recipe.rewards:
+        if spec.ray_actor or spec.name in NOT_CALLED:
+            continue
+        component = CombinedReward.from_specs([spec]).components[0]
+        columns = {"completion_ids": [[]], **{k: [v] for k, v in row.columns.items()}}
+        found = ", ".join(row.columns) or "none"
+        try:
+            values = call_reward(component.fn, [row.prompt], completions_for([row.prompt], [""]), columns)
+        except Exception as exc:
+            raise RecipeError(f"rewards.{spec.label}: fails on the first row of {d.source} before any model loads: "
+                              f"{type(exc).__name__}: {exc}; the row's columns: {found} (data.columns: "
+                              "{parameter: column} renames one)") from exc
+        if values == [None]:
+            print(f"rewards.{spec.label}: does not apply to the first row of {d.source} (returned None); if it reads "
+                  f"a column, the row's columns are: {found}")
 
 
 def build_reward(recipe: GRPORecipe, ray_actors: bool = True) -> CombinedReward:

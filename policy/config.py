@@ -43,6 +43,32 @@ class PolicyConfig:
 
 
 @dataclass
+class LoraConfig:
+    """The `lora:` section of SFT and GRPO recipes (policy/lora.py, through peft). Only the adapters
+    train; GRPO's reference is the base policy with the adapters disabled.
+
+    target_modules: names of Linear modules (attention projections by default; gate_proj / up_proj /
+    down_proj add the MLPs, on DeepSeek-V2 the shared experts and the dense first layers).
+    routed_experts: also adapt DeepSeek-V2's routed experts, one (A_e, B_e) pair per expert on each
+    fused tensor (gate_up_proj, down_proj); ignored for models without routed experts."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "k_proj", "v_proj",
+    ])
+    routed_experts: bool = False
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0:
+            raise ValueError(f"r must be at least 1 and alpha positive, got r={self.r}, alpha={self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
 class DemoConfig:
     """Generation settings of `deepalign policy demo`."""
 

@@ -29,7 +29,7 @@ from policy.balance import (
     expert_balance_loss,
     routing_fractions,
 )
-from policy.experts import dense_experts_forward, grouped_experts_forward, loop_experts_forward
+from policy.experts import dense_experts_forward, expert_tensors, grouped_experts_forward, loop_experts_forward
 from policy.routing import RouterStats, capacity_keep_mask, router_stats, select_experts
 
 
@@ -144,9 +144,10 @@ class DeepSeekMoE(nn.Module):
             )
         compute = self.expert_compute or {"grouped": grouped_experts_forward, "dense": dense_experts_forward,
                                           "loop": loop_experts_forward}[self.options.expert_impl]
+        experts, lora = expert_tensors(self.experts)  # LoRA factors, when peft wraps the experts
         routed = compute(
             x, indices, weights * self.routed_scaling_factor, keep,
-            self.experts.gate_up_proj, self.experts.down_proj, self.experts.act_fn,
+            experts.gate_up_proj, experts.down_proj, experts.act_fn, **({"lora": lora} if lora else {}),
         )
         self.aux = self._aux(scores, indices, keep, valid, ctx)
         return routed.view(shape) + self.shared_experts(hidden_states)

@@ -14,6 +14,7 @@ from train.config import LogConfig, OptimConfig
 class RewardSpec:
     """name: a registered reward, `module:function`, `path/to/file.py:function` or an entry point;
     alias: its display name, and its key in recipes and overrides (`rewards.<alias>.weight=...`);
+    without one, the name (a `module:function` or `file.py:function` name: the function's);
     timeout: seconds per call; ray_actor: serve a `reward_model` on its own Ray actor instead of in
     the driver."""
 
@@ -35,7 +36,7 @@ class RewardSpec:
 
     @property
     def label(self) -> str:
-        return self.alias or self.name
+        return self.alias or self.name.rpartition(":")[2]
 
 
 @dataclass

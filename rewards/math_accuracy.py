@@ -2,9 +2,11 @@
 
 Extraction of the final answer is configurable (split from scoring, as verl and TRL do):
 - "boxed": the content of the last \\boxed{...};
+- "hashes": what follows the last "####" (GSM8K's answer line);
 - "answer_is": what follows the last "answer is" / "answer:" (up to the end of the sentence);
 - "last_number": the last number (integers, decimals, fractions a/b, percentages, 1,000);
-- "auto": boxed if present, else "answer is", else the last number.
+- "auto": boxed if present, else "####", else "answer is", else the last number.
+A gold answer in GSM8K's form (worked solution, then "#### 72") is read as what follows "####".
 Equivalence is `math-verify`'s: LaTeX, fractions vs decimals, percentages, sets, intervals,
 equations such as x=3 vs 3. A sample with no answer column value is "not applicable" (None).
 """
@@ -20,7 +22,8 @@ from rewards.text import completion_text
 _EXTRACT = [LatexExtractionConfig(), ExprExtractionConfig()]
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?\s*%?|-?\.\d+%?")
 _ANSWER_IS = re.compile(r"answer(?:\s+is)?\s*[:=]?\s*(.+?)(?:\.(?:\s|$)|\n|$)", re.IGNORECASE)
-EXTRACTIONS = ("auto", "boxed", "answer_is", "last_number")
+_HASHES = re.compile(r"####\s*([^\n]+)")
+EXTRACTIONS = ("auto", "boxed", "hashes", "answer_is", "last_number")
 
 
 def last_boxed(text: str) -> str | None:
@@ -49,6 +52,8 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
     '12'
     >>> extract_answer("We get 3/4 of it, i.e. 75%", "last_number")
     '75%'
+    >>> extract_answer("48 + 24 = 72 clips.\\n#### 72")
+    '72'
     """
     if mode not in EXTRACTIONS:
         raise ValueError(f"extraction must be one of {EXTRACTIONS}, got {mode!r}")
@@ -56,12 +61,31 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
         boxed = last_boxed(text)
         if boxed is not None or mode == "boxed":
             return boxed
+    if mode in ("auto", "hashes"):
+        hashes = _HASHES.findall(text)
+        if hashes or mode == "hashes":
+            return hashes[-1].strip() if hashes else None
     if mode in ("auto", "answer_is"):
         matches = _ANSWER_IS.findall(text)
         if matches or mode == "answer_is":
             return matches[-1].strip().rstrip(".") if matches else None
     numbers = _NUMBER.findall(text)
     return numbers[-1].strip() if numbers else None
+
+
+def gold_answer(gold) -> str:
+    """The gold answer as a string; GSM8K's "<solution> #### 1,234" gives "1234".
+
+    >>> gold_answer("She sold 48 / 2 = 24 clips in May.\\n#### 72"), gold_answer(5), gold_answer("#### 1,000")
+    ('72', '5', '1000')
+    """
+    text = str(gold)
+    hashes = _HASHES.findall(text)
+    if hashes:
+        text = hashes[-1].strip()
+        if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+            text = text.replace(",", "")
+    return text
 
 
 def _as_math(text: str) -> list:
@@ -92,5 +116,5 @@ def math_accuracy(prompts, completions, answer=None, extraction: str = "auto", *
             scores.append(None)
             continue
         predicted = extract_answer(completion_text(completion), extraction)
-        scores.append(float(predicted is not None and answers_match(predicted, str(gold))))
+        scores.append(float(predicted is not None and answers_match(predicted, gold_answer(gold))))
     return scores

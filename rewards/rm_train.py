@@ -71,8 +71,18 @@ def build_reward_model(policy: PolicyConfig):
                                            strict=False)
         assert set(missing) == {"score.weight"}, missing
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint_folder(policy.name), num_labels=1,
-                                                                   dtype=policy.torch_dtype)
+        from transformers.utils import logging as hf_logging
+
+        # a causal LM read as a classifier: lm_head unused and the score head new, as intended; transformers
+        # would print both as an UNEXPECTED / MISSING table
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(checkpoint_folder(policy.name), num_labels=1,
+                                                                       dtype=policy.torch_dtype)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        print(f"reward model: {policy.name} with a new scalar head (its lm_head is not used)")
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(policy.torch_dtype), tokenizer
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from policy.config import PolicyConfig
+from policy.config import LoraConfig, PolicyConfig
 from train.config import LogConfig, OptimConfig
 
 
 @dataclass
 class SFTDataConfig:
-    """source: a mixture directory written by `deepalign data mix` (manifest.json + shards),
-    or `builtin:arithmetic` (synthetic arithmetic chats, `num_examples` of them, operands of up
-    to `max_digits` digits; with probability `worked_fraction` a demonstration works the columns
-    out before the result). With two or more digits, built-in chats never contain the first 500 prompts
-    of the built-in held-out split that GRPO and `deepalign eval` measure on.
+    """source: a mixture directory written by `deepalign data mix` (manifest.json + shards), a
+    chat file (JSONL / Parquet / saved datasets with `messages`, or TRL's `prompt` / `completion`
+    pairs, loss on the completion), or `builtin:arithmetic` (synthetic arithmetic chats,
+    `num_examples` of them, operands of up to `max_digits` digits; with probability
+    `worked_fraction` a demonstration works the columns out before the result). With two or more
+    digits, built-in chats never contain the first 500 prompts of the built-in held-out split that
+    GRPO and `deepalign eval` measure on.
     max_length: packed row length (or truncation length when pack is false)."""
 
     source: str = "builtin:arithmetic"
@@ -60,23 +62,6 @@ class TrainConfig:
             raise ValueError("micro_batch_size, grad_accum and max_steps must be at least 1")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
-
-
-@dataclass
-class LoraConfig:
-    """LoRA through peft on the attention projections (the original LoRA recipe).
-
-    On DeepSeek-V2 policies peft maps the MLP names gate_proj/up_proj/down_proj onto the routed
-    experts' fused 3-D tensors, which our MoE layer does not read through LoRA yet, so they are
-    refused there; on other architectures (SmolLM2) they may be added."""
-
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: [
-        "q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "k_proj", "v_proj",
-    ])
 
 
 @dataclass

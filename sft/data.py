@@ -1,4 +1,6 @@
-"""SFT data: rows from a mixture directory or the built-in task, their order, and batching.
+"""SFT data: rows from a mixture directory, a chat file (JSONL / Parquet / saved datasets: `messages`
+or TRL's prompt / completion pairs, read whole: for small sets; mixtures stream) or the built-in
+task, their order, and batching.
 
 Rows have columns input_ids, position_ids, loss_mask, num_tokens (data_tools/packing.py).
 `BatchOrder` fixes the order of rows: a permutation per epoch from (seed, epoch); its state is
@@ -60,10 +62,24 @@ def builtin_rows(cfg: SFTDataConfig, tokenizer) -> list[PackedRow]:
     docs = (render_chat(tokenizer, chat) for chat in arithmetic_chats(
         cfg.num_examples, cfg.seed, cfg.max_digits, cfg.worked_fraction,
         exclude=held_out_questions(cfg.max_digits) if cfg.max_digits > 1 else None))  # 1 digit: 155 problems in all
+    return _rows(docs, cfg, tokenizer)
+
+
+def _rows(docs, cfg: SFTDataConfig, tokenizer) -> list[PackedRow]:
     pad = pad_token_id(tokenizer)
     if cfg.pack:
         return list(pack_documents(docs, cfg.max_length, pad))
     return [unpacked_row(ids, mask, cfg.max_length) for ids, mask in docs]
+
+
+def file_rows(cfg: SFTDataConfig, tokenizer) -> list[PackedRow]:
+    """A chat file read as it is (JSONL / Parquet / saved datasets; `messages` or TRL's prompt /
+    completion pairs), rendered with the policy's chat template, loss on the assistant turns."""
+    from data_tools.readers import read_records
+    from data_tools.schema import parse_chat
+
+    docs = (render_chat(tokenizer, rec.messages) for _, rec in read_records(cfg.source, parse_chat))
+    return _rows(docs, cfg, tokenizer)
 
 
 def load_rows(cfg: SFTDataConfig, tokenizer):
@@ -74,8 +90,13 @@ def load_rows(cfg: SFTDataConfig, tokenizer):
         return Dataset.from_dict(rows_to_columns(builtin_rows(cfg, tokenizer)))
     folder = Path(cfg.source)
     manifest_path = folder / "manifest.json"
-    if not manifest_path.exists():
-        raise DataError(f"{folder}: not a mixture directory (no manifest.json); build one with `deepalign data mix`")
+    if not folder.exists():
+        raise DataError(f"data.source: {folder} not found")
+    if not manifest_path.exists():  # a chat file, or a saved dataset, not built by `deepalign data mix`
+        rows = file_rows(cfg, tokenizer)
+        if not rows:
+            raise DataError(f"data.source: {folder} has no rows")
+        return Dataset.from_dict(rows_to_columns(rows))
     manifest = json.loads(manifest_path.read_text())
     vocab = manifest.get("tokenizer_vocab_size")
     if vocab is not None and vocab != len(tokenizer):

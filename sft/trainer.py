@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from policy.load import base_model, load_policy
+from policy.lora import apply_lora
 from policy.model import DeepseekV2Policy
 from sft.config import SFTRecipe
 from sft.data import BatchOrder, SFTBatch, collate, load_rows, rank_micro_batches
@@ -28,7 +28,6 @@ from train.checkpoint import latest_checkpoint, load_checkpoint, prepare_output_
 from train.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed, shutdown
 from train.interrupt import stop_on_interrupt, stopped
 from train.optim import make_optimizer, make_scheduler, optimizer_step
-from train.recipe import RecipeError
 from train.tracking import Tracker
 
 
@@ -47,26 +46,7 @@ def build_model(recipe: SFTRecipe, info: DistInfo):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if recipe.lora.enabled:
-        if info.enabled:
-            raise RecipeError("lora.enabled with several processes is not supported yet; run LoRA on one process")
-        from peft import LoraConfig, get_peft_model
-
-        # Full names of nn.Linear modules only: the routed experts' 3-D tensors share the names
-        # gate/up/down_proj but are parameters, which peft would otherwise wrap too.
-        wanted = set(recipe.lora.target_modules)
-        mlp_names = wanted & {"gate_proj", "up_proj", "down_proj"}
-        if model.config.model_type == "deepseek_v2" and mlp_names:
-            raise RecipeError(f"lora.target_modules: {sorted(mlp_names)} on a DeepSeek-V2 policy would put LoRA on "
-                             "the routed experts' fused tensors, which is not supported; target attention projections")
-        targets = [name for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in wanted]
-        if not targets:
-            raise RecipeError(f"lora.target_modules: none of {recipe.lora.target_modules} is in the model")
-        # A regex of full names, not a list: peft shortens long lists to name suffixes.
-        pattern = "|".join(re.escape(t) for t in targets)
-        config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                            target_modules=pattern, task_type="CAUSAL_LM")
-        model = get_peft_model(model, config)
+        model = apply_lora(model, recipe.lora)
         if recipe.train.gradient_checkpointing:
             model.enable_input_require_grads()
     if info.enabled:

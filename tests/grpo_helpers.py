@@ -25,8 +25,9 @@ def broken_reward(prompts, completions, **_):
 
 
 def kill_rollout_once(prompts, completions, marker=None, **_):
-    """SIGKILLs rollout worker 0's process the first time it is called (marker: a file path)."""
-    if not Path(marker).exists():
+    """SIGKILLs rollout worker 0's process the first time it is called on a generated batch (marker: a
+    file path; the driver's pre-flight call, one empty completion, is not one)."""
+    if completions != [""] and not Path(marker).exists():
         import gc
 
         import ray
@@ -44,3 +45,12 @@ def _is(obj, cls) -> bool:
         return isinstance(obj, cls)
     except ReferenceError:  # a weak proxy whose referent is gone
         return False
+
+
+SEEN: list[dict] = []
+
+
+def record_columns(prompts, completions, **columns):
+    """Scores 0 and keeps what it was called with (tests read SEEN; ray.enabled false only)."""
+    SEEN.append({"prompts": prompts, "completions": completions, **columns})
+    return [0.0] * len(completions)

@@ -48,8 +48,8 @@ def test_policy_demo_from_recipe(capsys):
         (["policy", "demo", "deepseek-v2"], "has no weights here"),
         (["rm", "train", "recipes/demo/rm_safety.yaml", "data.source=builtin:nope"],
          "data.source: unknown built-in preference task 'nope'"),
-        (["sft", "recipes/demo/sft.yaml", "lora.enabled=true", "lora.target_modules=[down_proj]"],
-         "lora.target_modules: ['down_proj'] on a DeepSeek-V2 policy"),
+        (["sft", "recipes/demo/sft.yaml", "lora.enabled=true", "lora.target_modules=[dense]"],
+         "lora.target_modules: none of ['dense'] is a Linear module of the policy"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv, message):

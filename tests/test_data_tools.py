@@ -35,7 +35,7 @@ def test_schema_errors_name_file_and_row():
     with pytest.raises(BadRowError, match="'category' must be one of"):
         parse_prompt({"prompt": "2+2?", "category": "sports"}, "f:1")
     rec = parse_prompt({"prompt": "2+2?", "answer": 4, "category": "math"}, "f:1", "arith")
-    assert (rec.answer, rec.source, rec.category) == ("4", "arith", "math")
+    assert (rec.columns, rec.source) == ({"answer": 4, "category": "math"}, "arith")
 
 
 def test_readers_jsonl_parquet_datasets_and_bad_rows(tmp_path):

@@ -154,3 +154,24 @@ def test_lora_adapter_directory_is_evaluated_on_its_base(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, expected, atol=1e-5)
     assert tokenizer.chat_template
+
+
+def test_compare_scores_with_the_users_own_reward_file(two_checkpoints, tmp_path, capsys):
+    """`compare --reward file.py:fn --reward-data FILE`: TRL's rules (columns by name, conversational
+    completions for conversational prompts), the reward's mean as the suite's score."""
+    (a, b), _ = two_checkpoints
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("def graded(prompts, completions, credit, **_):\n"
+                       "    return [c * float(m[0]['role'] == 'assistant') for m, c in zip(completions, credit)]\n")
+    data = tmp_path / "conv.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Say {i}."}], "credit": i / 4}) + "\n"
+                            for i in range(4)))
+    out = tmp_path / "cmp"
+    assert main(["compare", a, b, "--suites", "stats", "--reward", f"{rewards}:graded", "--reward-data", str(data),
+                 "--max-new-tokens", "4", "--out", str(out)]) == 0
+    content = json.loads((out / "report.json").read_text())
+    assert "reward" in content["suites"]
+    tax = next(t for t in content["tax"] if t["suite"] == "reward")
+    assert tax["score_a"] == tax["score_b"] == pytest.approx((0 + 0.25 + 0.5 + 0.75) / 4)
+    assert main(["eval", a, "--suites", "reward", "--out", str(tmp_path)]) == 2
+    assert "suite reward needs --reward" in capsys.readouterr().err

@@ -31,7 +31,7 @@ def test_two_learners_and_a_killed_rollout_worker(tmp_path, local_ray, capfd):
     assert marker.exists() and (final / "config.json").exists()
     out = capfd.readouterr().out
     assert "rollout worker 0 died; restarting it" in out
-    assert "2 learners: FSDP2 + expert parallelism (3 MoE layers, 1/2 of the routed experts each)" in out
+    assert "learners: 2 processes, FSDP2 + expert parallelism (3 MoE layers, 1/2 of the routed experts each)" in out
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2] and all(s["time/weight_sync_s"] > 0 for s in steps)
 

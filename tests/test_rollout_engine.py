@@ -277,3 +277,23 @@ def test_a_weight_sync_proves_it_landed_and_a_skipped_one_is_caught():
     engine.model.lm_head.weight.data[0, 0] += 1e-3  # a stray change the probe barely sees: the checksum does
     with pytest.raises(WorkerError, match="the engine's weights differ from the ones sent"):
         verify_sync(engine, published, 3, 2e-3, "rollout worker 0")
+
+
+def test_a_bf16_engine_copy_is_proven_bit_for_bit_too():
+    """The engine's bf16 copy must hold exactly the sent fp32 weights rounded to bf16: a probe with
+    bf16's tolerance could not tell a stray change from rounding."""
+    from grpo.workers import WorkerError, verify_sync
+    from policy.logprobs import probe_tokens, sequence_logprobs
+
+    learner, tokenizer = load_policy("tiny")
+    engine = LocalEngine(load_policy("tiny")[0], tokenizer, dtype=torch.bfloat16)
+    tokens = probe_tokens(learner.config.vocab_size)
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    published = {"state": state, "checksum": weights_checksum(state), "probe": {
+        "tokens": tokens, "logprobs": sequence_logprobs(learner, tokens)}}
+    engine.load_weights(state, 1)
+    assert verify_sync(engine, published, 1, 1.0, "rollout worker 0") < 1.0
+    weight = engine.model.model.layers[1].mlp.experts.down_proj.data
+    weight[0, 0, 0] = weight[0, 0, 0] * 2 + 0.5  # one value of one expert
+    with pytest.raises(WorkerError, match="the engine's weights differ from the ones sent"):
+        verify_sync(engine, published, 1, 1.0, "rollout worker 0")

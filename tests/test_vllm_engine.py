@@ -96,6 +96,31 @@ def test_a_perturbed_weight_sync_lands_and_a_skipped_one_is_caught(engine):
     assert (learner - batch.rollout_logp)[batch.completion_mask].abs().max() < 2e-4
 
 
+def test_a_lora_learners_merged_weights_land_in_vllm(engine, tmp_path):
+    """LoRA GRPO syncs W + (alpha / r) B A: vLLM then scores its samples as the adapted learner does."""
+    from grpo.workers import LearnerWorker
+
+    name, eng = engine
+    recipe = _recipe(tmp_path, policy={"name": name}, optim={"lr": 1e-2},
+                     lora={"enabled": True, "r": 4, "alpha": 8, "routed_experts": name.startswith("tiny"),
+                           "target_modules": ["q_proj", "q_b_proj", "kv_b_proj", "o_proj", "down_proj"]})
+    learner = LearnerWorker(recipe)
+    with torch.no_grad():  # B = 0 at initialisation: give every adapter a non-zero update
+        for key, p in learner.model.named_parameters():
+            if "lora_B" in key:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(key)))
+    published = learner.publish_weights()
+    eng.load_weights(published["state"], 7)
+    assert verify_sync(eng, published, 7, 2e-3, "rollout worker 0") < 2e-4
+    prompts = _prompts(learner.tokenizer, ["What is 47 + 38?", "Say hello."])
+    rollout = eng.generate(prompts, 2, SamplingConfig(max_new_tokens=8, temperature=1.0), seed=2)
+    adapted, batch = _learner_logp(learner.model, learner.tokenizer, rollout, 1.0)
+    assert (adapted - batch.rollout_logp)[batch.completion_mask].abs().max() < 2e-4
+    base, _ = _learner_logp(load_policy(name)[0], learner.tokenizer, rollout, 1.0)
+    assert (base - batch.rollout_logp)[batch.completion_mask].abs().max() > 1e-3  # not the base's weights
+    eng.load_weights(load_policy(name)[0].state_dict(), 8)  # leave the module's engine as the others expect
+
+
 def test_top_k_and_top_p_are_refused(engine):
     _, eng = engine
     with pytest.raises(ValueError, match="renormalised"):

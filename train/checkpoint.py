@@ -16,7 +16,6 @@ says, the trainer state present), and says which newer ones it skipped and why.
 
 from __future__ import annotations
 
-import copy
 import errno
 import json
 import random
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -121,20 +121,22 @@ def _hf_architecture(model) -> str:
 
 
 def save_hf_weights(model, tokenizer, folder: Path, info: DistInfo) -> None:
-    """Write the model (merged, if LoRA) as a Hugging Face directory. Collective: call on all ranks."""
-    is_peft = hasattr(model, "peft_config")
-    if is_peft:
-        if info.is_main:
-            model.save_pretrained(folder / "adapter")
-            merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(folder, safe_serialization=True)
-            _fix_architecture(folder, _hf_architecture(merged))
-    else:
-        state = get_model_state_dict(model, options=FULL)
-        if info.is_main:
-            model.save_pretrained(folder, state_dict=state, safe_serialization=True)
-            _fix_architecture(folder, _hf_architecture(model))
-    if info.is_main and tokenizer is not None:
+    """Write the model as a Hugging Face directory; with LoRA the merged weights, and the adapter in
+    peft's format under `adapter/`. Collective: call on all ranks (FSDP2 shards are gathered)."""
+    from policy.load import base_model
+    from policy.lora import adapter_state, lora_enabled, lora_layout, merged_state_dict
+
+    state = get_model_state_dict(model, options=FULL)
+    if not info.is_main:
+        return
+    if lora_enabled(model):
+        (folder / "adapter").mkdir()
+        save_file(adapter_state(state), folder / "adapter" / "adapter_model.safetensors")
+        model.peft_config["default"].save_pretrained(folder / "adapter")
+        state = merged_state_dict(state, lora_layout(model))
+    base_model(model).save_pretrained(folder, state_dict=state, safe_serialization=True)
+    _fix_architecture(folder, _hf_architecture(base_model(model)))
+    if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
 
@@ -197,14 +199,13 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_checkpoint(folder: Path, model, optimizer, scheduler, info: DistInfo) -> dict:
     """Restore model, optimiser, scheduler and this rank's RNG; returns the trainer state."""
+    from policy.lora import load_adapter_state, lora_enabled
+
     state = torch.load(folder / "trainer_state.pt", weights_only=False)
     if state["world_size"] != info.world_size:
         raise ValueError(f"{folder}: saved with {state['world_size']} processes, resuming with {info.world_size}")
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors"))
+    if lora_enabled(model):
+        load_adapter_state(model, load_file(folder / "adapter" / "adapter_model.safetensors"))
     else:
         weights = _read_weights(folder)
         set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))

@@ -57,10 +57,13 @@ def join_group(rank: int, world: int, address: str, port: int) -> DistInfo:
 
 def apply_fsdp(model: torch.nn.Module, ignored_params: set | None = None) -> torch.nn.Module:
     """FSDP2: shard every decoder layer, then the rest (embeddings, norm, head) at the root.
-    ignored_params: parameters another scheme already distributes (train/expert_parallel.py)."""
+    ignored_params: parameters another scheme already distributes (train/expert_parallel.py). A peft
+    (LoRA) model is sharded the same way: frozen base weights and adapters share each layer's unit."""
     from torch.distributed.fsdp import fully_shard
 
-    for layer in model.model.layers:
+    from policy.load import base_model
+
+    for layer in base_model(model).model.layers:
         fully_shard(layer, ignored_params=ignored_params or None)
     fully_shard(model, ignored_params=ignored_params or None)
     return model

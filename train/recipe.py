@@ -112,8 +112,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _list_index(items: list, key: str, parent: str, text: str) -> int:
     if key.isdigit() and int(key) < len(items):
         return int(key)
-    for field_name in ("alias", "name"):
-        named = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get(field_name) == key]
+    for field_name in ("alias", "name", "function"):  # function: `module:function` names by their function
+        named = [i for i, item in enumerate(items) if isinstance(item, dict) and (
+            item.get(field_name) == key if field_name != "function" else
+            not item.get("alias") and str(item.get("name", "")).rpartition(":")[2] == key)]
         if len(named) == 1:
             return named[0]
     names = [item.get("alias") or item.get("name") for item in items if isinstance(item, dict)]

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from train.config import LogConfig
 
@@ -25,6 +26,17 @@ from train.config import LogConfig
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _EtaColumn(ProgressColumn):
+    """ETA from the mean time per step since the bar started (rich's own needs two updates within
+    30 s, which steps of a minute never give: it stayed at -:--:--)."""
+
+    def render(self, task) -> Text:
+        done = task.completed - task.fields.get("first", 0)
+        if not task.elapsed or done <= 0 or task.total is None:
+            return Text("eta -", style="progress.remaining")
+        return Text(f"eta {_clock(task.elapsed / done * (task.total - task.completed))}", style="progress.remaining")
 
 
 class _LineProgress:
@@ -71,15 +83,19 @@ class Tracker:
         if log.progress and sys.stdout.isatty() and not os.environ.get("DEEPALIGN_PLAIN_PROGRESS"):
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), _EtaColumn(),
             )
             self.task = self.progress.add_task(description, total=total_steps, status="")
+            self.first_step = None
             self.progress.start()
         elif log.progress:
             self.lines = _LineProgress(description, total_steps, log.progress_every_s)
 
     def advance(self, step: int, status: str = "") -> None:
         if self.progress is not None:
+            if self.first_step is None:  # a resumed run: the ETA counts only this run's steps
+                self.first_step = step
+                self.progress.reset(self.task, completed=step, first=step)
             self.progress.update(self.task, completed=step, status=status)
         elif self.lines is not None:
             self.lines.update(step, status)
