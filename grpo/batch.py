@@ -26,6 +26,7 @@ class GRPOBatch:
     rollout_logp: torch.Tensor  # (N, C) log pi_rollout(token) as the engine sampled it
     old_logp: torch.Tensor | None = None  # (N, C) log pi_old: the learner's log-probs before the update
     ref_logp: torch.Tensor | None = None  # (N, C) log pi_ref
+    routing: torch.Tensor | None = None  # (N, C, MoE layers, top_k) int16 the engine's experts, -1 = none
 
     @property
     def completion_width(self) -> int:
@@ -34,7 +35,8 @@ class GRPOBatch:
     def rows(self, index: slice) -> GRPOBatch:
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return GRPOBatch(self.input_ids[index], self.attention_mask[index], self.completion_mask[index],
-                         self.advantages[index], self.rollout_logp[index], pick(self.old_logp), pick(self.ref_logp))
+                         self.advantages[index], self.rollout_logp[index], pick(self.old_logp), pick(self.ref_logp),
+                         pick(self.routing))
 
 
 def build_batch(rollout: Rollout, advantages: torch.Tensor, pad_id: int, truncated_out: bool = False) -> GRPOBatch:
@@ -46,4 +48,10 @@ def build_batch(rollout: Rollout, advantages: torch.Tensor, pad_id: int, truncat
         rollout_logp[j, : len(logprobs)] = torch.tensor(logprobs)
     if truncated_out:
         completion_mask = overlong_mask(completion_mask, torch.tensor([r == "length" for r in rollout.finish_reasons]))
-    return GRPOBatch(ids, attention, completion_mask, advantages.float(), rollout_logp)
+    routing = None
+    if rollout.routing is not None and rollout.routing and rollout.routing[0].dim() == 3:
+        layers, top_k = rollout.routing[0].shape[1:]
+        routing = torch.full((len(rollout.routing), completion_mask.shape[1], layers, top_k), -1, dtype=torch.int16)
+        for j, r in enumerate(rollout.routing):
+            routing[j, : r.shape[0]] = r
+    return GRPOBatch(ids, attention, completion_mask, advantages.float(), rollout_logp, routing=routing)

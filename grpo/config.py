@@ -57,8 +57,16 @@ class PromptDataConfig:
 
 @dataclass
 class AlgorithmConfig:
-    """group_size: G samples per prompt; mu: updates per rollout batch; tis_cap: truncated IS
-    between the rollout engine's and the learner's log-probs (None = off); dynamic_sampling:
+    """group_size: G samples per prompt; mu: updates per rollout batch; tis_cap: the cap of the
+    importance weights between the rollout engine's and the learner's log-probs (None = no
+    correction); mismatch: how they correct the engine mismatch (grpo/loss.py): truncate (TIS,
+    min(ratio, cap)), mask (MIS: tokens, or with mismatch_level sequence whole sequences, whose
+    ratio exceeds the cap leave the loss) or icepop (tokens whose ratio is outside
+    [icepop_low, icepop_high] leave the loss; tis_cap must be set to turn it on); routing_replay
+    (DeepSeekMoE policies, grpo/replay.py): rollout = route each completion position to the experts
+    the engine chose (R3; our engine records them), learner = to the ones the learner's first pass
+    chose, across the mu updates (R2); off = route afresh (the agreement with the engine's routing
+    is logged either way); dynamic_sampling:
     drop zero-variance groups and refill, up to max_refills times; overlong_mask: leave completions
     cut by the token budget out of the loss; balance_loss: add the policy's MoE balance losses."""
 
@@ -68,6 +76,11 @@ class AlgorithmConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     advantage_scale: Literal["group", "batch", "none"] = "group"
     tis_cap: float | None = 2.0
+    mismatch: Literal["truncate", "mask", "icepop"] = "truncate"
+    mismatch_level: Literal["token", "sequence"] = "token"
+    icepop_low: float = 0.5
+    icepop_high: float = 5.0
+    routing_replay: Literal["off", "rollout", "learner"] = "off"
     dynamic_sampling: bool = False
     max_refills: int = 3
     overlong_mask: bool = False
@@ -82,6 +95,11 @@ class AlgorithmConfig:
             raise ValueError(f"tis_cap must be positive (or null = off), got {self.tis_cap}")
         if self.max_refills < 0:
             raise ValueError(f"max_refills must be >= 0, got {self.max_refills}")
+        if not 0 < self.icepop_low < 1 < self.icepop_high:
+            raise ValueError(f"icepop_low must be in (0, 1) and icepop_high above 1, got {self.icepop_low}, "
+                             f"{self.icepop_high}")
+        if self.mismatch_level == "sequence" and self.mismatch != "mask":
+            raise ValueError("mismatch_level sequence is masked IS's (mismatch: mask)")
 
 
 @dataclass
@@ -145,7 +163,9 @@ class GRPOTrainConfig:
     backward of PyTorch's CPU flash-attention kernel was 12% of a SmolLM2 learner step), sdpa on GPU.
     expert_parallel: with several learners and a DeepSeekMoE policy, each learner holds 1/W of the
     routed experts (train/expert_parallel.py) and FSDP2 shards the rest; false = FSDP2 for all.
-    seed: the learner's and the sampler's (step s, refill k samples with its own seed from it)."""
+    seed: the learner's and the sampler's (step s, refill k samples with its own seed from it).
+    freeze_router: keep the MoE routers' weights (`mlp.gate.weight`) fixed: routing then changes only
+    through the hidden states, one of the MoE-RL stabilisers (with routing replay)."""
 
     output_dir: str = "runs/grpo"
     mixed_precision: Literal["no", "bf16"] = "no"
@@ -159,6 +179,7 @@ class GRPOTrainConfig:
     threads: int | None = None
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     expert_parallel: bool = True
+    freeze_router: bool = False
 
     def __post_init__(self):
         if self.steps < 1 or self.micro_batch_size < 1 or self.keep_checkpoints < 1:
@@ -189,6 +210,9 @@ class GRPORecipe:
         labels = [r.label for r in self.rewards]
         if len(set(labels)) != len(labels):
             raise ValueError(f"rewards: names must be unique (give repeated ones an alias), got {labels}")
+        if self.algorithm.routing_replay == "rollout" and self.rollout.engine != "local":
+            raise ValueError("algorithm.routing_replay rollout needs the engine's routing, which our local engine "
+                             "records; vLLM's return of routed experts is not wired in yet (rollout.engine: local)")
         if self.rollout.engine == "vllm" and not self.ray.enabled:
             raise ValueError("rollout.engine vllm runs on Ray workers; set ray.enabled true")
         if self.ray.learners > 1 and not self.ray.enabled:

@@ -26,7 +26,8 @@ import torch
 
 from grpo.batch import GRPOBatch
 from grpo.config import GRPORecipe
-from grpo.loss import grpo_loss, truncated_is_weights
+from grpo.loss import grpo_loss, mismatch_weights
+from grpo.replay import moe_layers, recording, replay_indices, replaying
 from policy.load import load_policy
 from policy.logprobs import completion_logprobs
 from policy.lora import adapters_disabled, apply_lora, lora_layout, merged_state_dict
@@ -35,7 +36,7 @@ from train.distributed import all_reduce_sum, apply_fsdp, full_value, join_group
 from train.expert_parallel import apply_expert_parallel
 from train.optim import make_optimizer, make_scheduler, optimizer_step
 
-SUMS = ("loss", "kl", "clip_fraction", "entropy", "is_weight")
+SUMS = ("loss", "kl", "clip_fraction", "entropy", "is_weight", "masked", "mismatch_kl")
 
 
 class Learner:
@@ -48,6 +49,10 @@ class Learner:
         p = recipe.policy
         self.model, self.tokenizer = load_policy(p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
         self.model.to(self.info.device)
+        if recipe.train.freeze_router:
+            for name, param in self.model.named_parameters():
+                if name.endswith("mlp.gate.weight"):
+                    param.requires_grad_(False)
         self.lora = recipe.lora.enabled
         if self.lora:
             self.model = apply_lora(self.model, recipe.lora)
@@ -67,6 +72,7 @@ class Learner:
         self.layout = self._distribute()
         self.lora_layout = lora_layout(self.model) if self.lora else None
         self.model.train()
+        self.agreement = torch.zeros(len(moe_layers(self.model)), 2, dtype=torch.float64)  # see _routed
         self.optimizer = make_optimizer(self.model, recipe.optim, self.info)
         self.scheduler = make_scheduler(self.optimizer, recipe.optim, recipe.train.steps)
 
@@ -99,18 +105,41 @@ class Learner:
         per = math.ceil(n / self.info.world_size)
         return slice(self.info.rank * per, min(n, (self.info.rank + 1) * per))
 
-    def _logprobs(self, model, batch: GRPOBatch, entropy: bool = False):
+    def _logprobs(self, model, batch: GRPOBatch, entropy: bool = False, share_prompts: bool = True):
         device = self.info.device
         return completion_logprobs(model, batch.input_ids.to(device), batch.attention_mask.to(device),
-                                   batch.completion_width, self.recipe.rollout.sampling.temperature, entropy)
+                                   batch.completion_width, self.recipe.rollout.sampling.temperature, entropy,
+                                   share_prompts=share_prompts)
+
+    def _routed(self, model, micro: GRPOBatch, entropy: bool = False, own: list | None = None,
+                record: list | None = None, count: bool = True):
+        """Log-probs of a micro-batch under `algorithm.routing_replay` (grpo/replay.py): `rollout`
+        routes by the engine's experts, `learner` by `own` (this learner's first pass, recorded into
+        `record`), `off` afresh. With `count`, the policy's agreement with the engine's routing is
+        counted: in the replayed forward itself (rollout), else in a separate no-grad forward, so
+        that counting never changes what the update computes. The shared-prompt path splits the
+        forward, so replay runs whole rows."""
+        mode = self.recipe.algorithm.routing_replay
+        engine = replay_indices(micro.routing, micro.input_ids.shape[1]) if micro.routing is not None else None
+        counting = count and model is self.model and engine is not None
+        if counting and mode != "rollout":
+            with torch.no_grad(), replaying(model, engine, self.agreement, measure_only=True):
+                self._logprobs(model, micro, share_prompts=False)
+        per_layer = engine if mode == "rollout" else own if mode == "learner" else None
+        agreement = self.agreement if counting and mode == "rollout" else None
+        with replaying(model, per_layer, agreement):
+            if record is None:
+                return self._logprobs(model, micro, entropy, share_prompts=per_layer is None)
+            with recording(model, record):
+                return self._logprobs(model, micro, entropy, share_prompts=False)
 
     @torch.no_grad()
-    def _score(self, model, batch: GRPOBatch) -> torch.Tensor:
+    def _score(self, model, batch: GRPOBatch, record: list | None = None, count: bool = False) -> torch.Tensor:
         mb = self.recipe.train.micro_batch_size
         was_training = model.training
         model.eval()
         with self._autocast():
-            parts = [self._logprobs(model, batch.rows(slice(i, i + mb)))[0].cpu()
+            parts = [self._routed(model, batch.rows(slice(i, i + mb)), record=record, count=count and i == 0)[0].cpu()
                      for i in range(0, batch.input_ids.shape[0], mb)]
         model.train(was_training)
         return torch.cat(parts)
@@ -127,8 +156,10 @@ class Learner:
         num_sequences = batch.input_ids.shape[0]
         num_tokens = int(batch.completion_mask.sum())
         mine = batch.rows(self._my_rows(num_sequences))
+        self.agreement = torch.zeros(len(moe_layers(self.model)), 2, dtype=torch.float64)
+        own = [] if a.routing_replay == "learner" and a.mu > 1 else None  # R2: the first pass's routing
         if a.mu > 1:  # with one update pi_old is the current policy: its log-probs come from the same forward
-            mine.old_logp = self._score(self.model, mine)
+            mine.old_logp = self._score(self.model, mine, record=own, count=True)
         if self.shared_reference:
             with adapters_disabled(self.model):
                 mine.ref_logp = self._score(self.model, mine)
@@ -136,36 +167,55 @@ class Learner:
             mine.ref_logp = self._score(self.reference, mine)
         totals = torch.zeros(len(SUMS), dtype=torch.float64)
         skipped, grad_norm = 0, 0.0
-        for _ in range(a.mu):
+        for update in range(a.mu):
             sums = torch.zeros(len(SUMS), dtype=torch.float64, device=self.info.device)
-            for start in range(0, mine.input_ids.shape[0], self.recipe.train.micro_batch_size):
+            for i, start in enumerate(range(0, mine.input_ids.shape[0], self.recipe.train.micro_batch_size)):
                 micro = mine.rows(slice(start, start + self.recipe.train.micro_batch_size))
-                sums += self._backward(micro, num_sequences, num_tokens)
+                # the agreement is counted on the step's first micro-batch (whole rows), once: with mu > 1 in
+                # the old-log-prob pass
+                counted = update == 0 and a.mu == 1 and i == 0
+                sums += self._backward(micro, num_sequences, num_tokens, own[i] if own else None, counted)
             sums = all_reduce_sum(sums, self.info).cpu()  # every rank scored its own rows
             grad_norm, was_skipped = optimizer_step(self.model, self.optimizer, self.recipe.optim, float(sums[0]))
             skipped += was_skipped
             totals += sums / a.mu
         self.scheduler.step()
         tokens = max(num_tokens, 1)
-        loss, kl, clip, entropy, is_weight = totals.tolist()
+        loss, kl, clip, entropy, is_weight, masked, mismatch_kl = totals.tolist()
         metrics = {"train/loss": loss, "train/kl": kl / tokens, "train/clip_fraction": clip / tokens,
                    "train/entropy": entropy / tokens, "train/skipped_updates": float(skipped),
-                   "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}
+                   "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                   "mismatch/kl": mismatch_kl / tokens}
         if a.tis_cap is not None:
             metrics["train/is_weight_mean"] = is_weight / tokens
-        return metrics
+            metrics["mismatch/masked_fraction"] = masked / tokens
+        return {**metrics, **self._agreement_metrics()}
 
-    def _backward(self, micro: GRPOBatch, num_sequences: int, num_tokens: int) -> torch.Tensor:
+    def _agreement_metrics(self) -> dict[str, float]:
+        """routing/agreement: the fraction of completion-predicting tokens whose top-k expert set in
+        this learner (before any replay) is the engine's; per MoE layer and over all."""
+        counts = all_reduce_sum(self.agreement.to(self.info.device), self.info).cpu()
+        if not len(counts) or counts[:, 1].sum() == 0:
+            return {}
+        out = {f"routing/agreement_layer{i}": float(c[0] / c[1]) for i, c in enumerate(counts) if c[1] > 0}
+        out["routing/agreement"] = float(counts[:, 0].sum() / counts[:, 1].sum())
+        return out
+
+    def _backward(self, micro: GRPOBatch, num_sequences: int, num_tokens: int, own: list | None = None,
+                  counted: bool = True) -> torch.Tensor:
         """Loss and backward of one micro-batch; returns its SUMS (loss, token-weighted KL, clip
-        fraction, entropy and IS weight) as one float64 tensor on the device, without a host sync."""
+        fraction, entropy, IS weight, tokens the mismatch correction left out, and the mismatch KL
+        KL(engine || learner) per token, k1 on the engine's samples) as one float64 tensor on the
+        device, without a host sync."""
         a = self.recipe.algorithm
         with self._autocast():
-            logp, out = self._logprobs(self.model, micro, entropy=True)
+            logp, out = self._routed(self.model, micro, entropy=True, own=own, count=counted)
         mask = micro.completion_mask.to(logp.device)
         old = micro.old_logp.to(logp.device) if micro.old_logp is not None else logp.detach()
-        weights = None
+        weights, rollout = None, micro.rollout_logp.to(logp.device)
         if a.tis_cap is not None:
-            weights = truncated_is_weights(old, micro.rollout_logp.to(logp.device), a.tis_cap)
+            weights = mismatch_weights(old, rollout, mask, a.mismatch, a.tis_cap, a.mismatch_level, a.icepop_low,
+                                       a.icepop_high)
         ref = micro.ref_logp.to(logp.device) if micro.ref_logp is not None else None
         loss, m = grpo_loss(logp, old, micro.advantages.to(logp.device), mask, a.loss, ref, weights,
                             num_sequences=num_sequences, num_tokens=num_tokens,
@@ -177,7 +227,9 @@ class Learner:
         (loss * self.info.world_size).backward()
         zero = torch.zeros((), device=logp.device)
         parts = [loss.detach(), m.get("kl", zero) * m["tokens"], m["clip_fraction"] * m["tokens"],
-                 (out.token_entropy * mask).sum(), (weights * mask).sum() if weights is not None else zero]
+                 (out.token_entropy * mask).sum(), (weights * mask).sum() if weights is not None else zero,
+                 ((weights == 0) & mask).sum() if weights is not None else zero,
+                 ((rollout - old.detach()) * mask).sum()]
         return torch.stack([p.double() for p in parts])
 
     # ---- weights and checkpoints ---------------------------------------------------------------

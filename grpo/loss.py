@@ -5,7 +5,9 @@
 rho = pi_theta / pi_old per token (or one ratio per sequence, exp of the mean per-token log
 ratio, with `ratio_level="sequence"`: V2 §4.2 writes the sequence-level form); D is the k3
 estimator of KL(pi_theta || pi_ref) per token, in the loss and not in the reward (DSMath §4.1);
-w are optional truncated importance-sampling weights between the rollout engine and the learner.
+w are optional importance-sampling weights between the rollout engine and the learner, for the
+mismatch between their log-probs: truncated (min(ratio, cap)), masked (0 above the cap, per token
+or per sequence) or IcePop's (0 outside [low, high]).
 
 Aggregation over the (N, T) tokens that count (mask True):
 - "seq_mean": mean over sequences of each sequence's token mean (the GRPO paper, TRL "grpo");
@@ -35,6 +37,40 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def truncated_is_weights(learner_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
     """min(pi_learner / pi_rollout, cap) per token, without gradient (corrects engine mismatch)."""
     return torch.exp(learner_logp.detach() - rollout_logp.detach()).clamp(max=cap)
+
+
+def masked_is_weights(learner_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, cap: float,
+                      level: Literal["token", "sequence"] = "token") -> torch.Tensor:
+    """Masked importance sampling: the ratio pi_learner / pi_rollout where it is at most `cap`, else 0
+    (the token leaves the loss instead of being clipped to the cap). level "sequence": one ratio per
+    sequence, the product over its tokens (mask True), given to every token, the whole sequence 0
+    when it exceeds the cap. Without gradient."""
+    log_ratio = (learner_logp.detach() - rollout_logp.detach()) * mask
+    if level == "sequence":
+        ratio = log_ratio.sum(1, keepdim=True).exp().expand_as(log_ratio)
+    else:
+        ratio = log_ratio.exp()
+    return torch.where(ratio <= cap, ratio, torch.zeros_like(ratio)) * mask
+
+
+def icepop_weights(learner_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """IcePop's double-sided mask: the per-token ratio pi_learner / pi_rollout where it lies in
+    [low, high], 0 outside (tokens the engines disagree on too much leave the loss). Without gradient."""
+    ratio = torch.exp(learner_logp.detach() - rollout_logp.detach())
+    return torch.where((ratio >= low) & (ratio <= high), ratio, torch.zeros_like(ratio))
+
+
+def mismatch_weights(learner_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, mode: str,
+                     cap: float, level: str = "token", low: float = 0.5, high: float = 5.0) -> torch.Tensor:
+    """The engine-mismatch weights of `algorithm.mismatch`: truncate (TIS), mask (MIS, per token or
+    sequence) or icepop; 0 where mask is False."""
+    if mode == "truncate":
+        return truncated_is_weights(learner_logp, rollout_logp, cap) * mask
+    if mode == "mask":
+        return masked_is_weights(learner_logp, rollout_logp, mask, cap, level)
+    if mode == "icepop":
+        return icepop_weights(learner_logp, rollout_logp, low, high) * mask
+    raise ValueError(f"unknown mismatch correction {mode!r}")
 
 
 @dataclass

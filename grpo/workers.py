@@ -52,7 +52,9 @@ def make_engine(recipe: GRPORecipe, index: int, model=None, tokenizer=None):
             model = model.cuda()
     else:
         model = copy.deepcopy(model).eval()
-    return LocalEngine(model, tokenizer, dtype=getattr(torch, r.dtype))
+    engine = LocalEngine(model, tokenizer, dtype=getattr(torch, r.dtype))
+    engine.record_routing = True  # the experts each sample used: replayed or compared (grpo/replay.py)
+    return engine
 
 
 def sync_tolerance(recipe: GRPORecipe) -> float:

@@ -265,6 +265,8 @@ def _mlp_step(w: _DecodeLayer, x: torch.Tensor) -> torch.Tensor:
     # anyway, and two matmuls beat grouped matmuls over groups of one or two tokens
     scores = F.linear(h.float(), w.router).softmax(dim=-1)
     weights, indices = select_experts(scores, mlp.top_k, mlp.n_group, mlp.topk_group)
+    if mlp.routing_sink is not None:  # the engine records its routing (routing replay)
+        mlp.routing_sink.append(indices)
     mix = w.always_on.expand(h.shape[0], -1).scatter_add(1, indices, weights * mlp.routed_scaling_factor)
     gate, up = w.experts_in(h).view(h.shape[0], mix.shape[1], -1).chunk(2, dim=-1)
     mixed = mlp.experts.act_fn(gate) * up * mix.unsqueeze(-1).to(h.dtype)  # (B, E + S, I)

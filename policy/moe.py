@@ -12,6 +12,10 @@ routing and token dropping (policy/routing.py), router statistics, and grouped e
 
 The context is set by the policy's forward (policy/model.py) before each call; it stays in place
 until the next forward so that activation-checkpoint recomputation sees the same routing.
+
+Routing replay (R3, grpo/replay.py): with `replay` set, the marked tokens go to the given experts
+instead of this router's top-k, weighted by this router's scores of them; balance losses and
+router statistics then see the replayed choice. `routing_sink` records each forward's choice.
 """
 
 from __future__ import annotations
@@ -115,6 +119,12 @@ class DeepSeekMoE(nn.Module):
         self.comm_topk = self.topk_group if self.n_group > 1 else min(self.top_k, self.num_devices)
         self.context: RoutingContext | None = None
         self.aux = MoEAux()
+        # routing replay (grpo/replay.py): `replay` (tokens, top_k) expert ids to route by, -1 = route as usual;
+        # `routing_sink` a list each forward appends its (tokens, top_k) choice to (the engine records with it)
+        self.replay: torch.Tensor | None = None
+        self.routing_sink: list | None = None
+        self.replay_agreement = (0, 0)  # (replayed tokens whose own top-k set was the replayed one, replayed tokens)
+        self.replay_measure_only = False  # count the agreement but route as usual
         # set by train/expert_parallel.py when the routed experts are sharded over ranks
         self.expert_compute: Callable | None = None
 
@@ -135,6 +145,10 @@ class DeepSeekMoE(nn.Module):
         logits = F.linear(x.float(), self.gate.weight.float())
         scores = logits.softmax(dim=-1)
         weights, indices = select_experts(scores, self.top_k, self.n_group, self.topk_group)
+        if self.routing_sink is not None:
+            self.routing_sink.append(indices.detach())
+        if self.replay is not None and self.replay.shape[0] == x.shape[0]:
+            weights, indices = self._replayed(scores, weights, indices)
         valid = ctx.seq_index >= 0
         keep = None
         if self.training and ctx.token_dropping:
@@ -151,6 +165,21 @@ class DeepSeekMoE(nn.Module):
         )
         self.aux = self._aux(scores, indices, keep, valid, ctx)
         return routed.view(shape) + self.shared_experts(hidden_states)
+
+    def _replayed(self, scores, weights, indices):
+        """Route the replayed tokens to the replayed experts; their gate weights are this router's own
+        scores of those experts (so the router keeps its gradient). Counts how often the replayed set
+        is the one this router chose."""
+        replay = self.replay.to(indices.device)
+        use = replay[:, 0] >= 0
+        with torch.no_grad():
+            same = (indices.sort(-1).values == replay.sort(-1).values).all(-1) & use
+            self.replay_agreement = (int(same.sum()), int(use.sum()))
+        if self.replay_measure_only:
+            return weights, indices
+        indices = torch.where(use.unsqueeze(1), replay, indices)
+        weights = torch.where(use.unsqueeze(1), scores.gather(-1, indices), weights)
+        return weights, indices
 
     def _aux(self, scores, indices, keep, valid, ctx: RoutingContext) -> MoEAux:
         stats = None

@@ -54,6 +54,9 @@ class Rollout:
     texts: list[str]
     seconds: float = 0.0
     weights_version: int = 0
+    # routing replay: per sample an int16 (completion length, MoE layers, top_k) tensor of the experts the
+    # engine routed to at each position whose output predicts a completion token; None = not recorded
+    routing: list[torch.Tensor] | None = None
 
     @property
     def new_tokens(self) -> int:
@@ -63,7 +66,8 @@ class Rollout:
         index = list(index)
         return Rollout([self.prompt_ids[i] for i in index], [self.completion_ids[i] for i in index],
                        [self.logprobs[i] for i in index], [self.finish_reasons[i] for i in index],
-                       [self.texts[i] for i in index], self.seconds, self.weights_version)
+                       [self.texts[i] for i in index], self.seconds, self.weights_version,
+                       None if self.routing is None else [self.routing[i] for i in index])
 
     @property
     def tokens_per_second(self) -> float:
@@ -75,7 +79,8 @@ class Rollout:
         return cls([x for p in parts for x in p.prompt_ids], [x for p in parts for x in p.completion_ids],
                    [x for p in parts for x in p.logprobs], [x for p in parts for x in p.finish_reasons],
                    [x for p in parts for x in p.texts], max((p.seconds for p in parts), default=0.0),
-                   max((p.weights_version for p in parts), default=0))
+                   max((p.weights_version for p in parts), default=0),
+                   None if any(p.routing is None for p in parts) else [x for p in parts for x in p.routing])
 
 
 class RolloutEngine(Protocol):

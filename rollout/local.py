@@ -35,6 +35,7 @@ from data_tools.chat import encode_prompts
 from policy.load import pad_token_id
 from rollout.decoders import make_decoder
 from rollout.engine import Rollout, SamplingConfig
+from rollout.routing_record import RoutingRecorder
 from rollout.sampling import sample_with_logprob
 
 MIN_SHARED_PREFIX = 4  # tokens; a shorter common prefix is not worth its extra forward
@@ -79,6 +80,7 @@ class LocalEngine:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = pad_token_id(tokenizer)
         self.cache_bytes = 0  # KV-cache bytes in use when the last generate ended
+        self.record_routing = False  # routing replay: record each sample's experts (rollout/routing_record.py)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         dtype = next(self.model.parameters()).dtype
@@ -140,10 +142,21 @@ class LocalEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int = 0) -> Rollout:
+        moe = self.record_routing and bool(getattr(self.model, "moe_layers", list)())
+        recorder = RoutingRecorder(self.model, len(prompts) * n, sampling.max_new_tokens) if moe else None
+        try:
+            return self._generate(prompts, n, sampling, seed, recorder)
+        finally:
+            if recorder is not None:
+                recorder.close()
+
+    def _generate(self, prompts, n: int, sampling: SamplingConfig, seed: int, recorder) -> Rollout:
         start = time.perf_counter()
         device = self.model.get_input_embeddings().weight.device
         total, budget = len(prompts) * n, sampling.max_new_tokens
         cache, logits = self._prefill(prompts, n, budget, device)
+        if recorder is not None:
+            recorder.prefill(len(prompts), n)
         generator = torch.Generator(device=device).manual_seed(seed)
         tokens = torch.full((total, budget), self.pad_id, dtype=torch.long)  # (N, budget) per sample
         token_logps = torch.zeros(total, budget)
@@ -173,13 +186,16 @@ class LocalEngine:
             token = torch.where(running, token, torch.full_like(token, self.pad_id))
             logits = self.decoder.forward(token.unsqueeze(1).to(device), cache, running.unsqueeze(1).to(device),
                                           last_only=True)[:, -1]
+            if recorder is not None:
+                recorder.step(step, active, running)
         self.cache_bytes = cache.bytes_used()
         completions = [tokens[i, : lengths[i]].tolist() for i in range(total)]
         logprobs = [token_logps[i, : lengths[i]].tolist() for i in range(total)]
         reasons = ["stop" if s else "length" for s in stopped.tolist()]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_rows = [list(p) for p in prompts for _ in range(n)]
-        return Rollout(prompt_rows, completions, logprobs, reasons, texts, time.perf_counter() - start, self.version)
+        return Rollout(prompt_rows, completions, logprobs, reasons, texts, time.perf_counter() - start, self.version,
+                       recorder.result(lengths) if recorder is not None else None)
 
 
 @dataclass

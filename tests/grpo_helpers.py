@@ -35,7 +35,9 @@ def kill_rollout_once(prompts, completions, marker=None, **_):
         from grpo.cluster import Cluster
 
         Path(marker).write_text("killed")
-        cluster = next(o for o in gc.get_objects() if _is(o, Cluster))
+        # this run's cluster (an earlier test's may still be in memory): the one whose recipe has this marker
+        cluster = next(o for o in gc.get_objects() if _is(o, Cluster) and any(
+            r.params.get("marker") == marker for r in o.recipe.rewards))
         os.kill(ray.get(cluster.rollout[0].actor.pid.remote()), signal.SIGKILL)
     return [float(len(c)) / 10 for c in completions]
 

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from grpo.advantages import group_advantages
-from grpo.loss import LossConfig, aggregate, grpo_loss, k3_kl, truncated_is_weights
+from grpo.loss import (
+    LossConfig,
+    aggregate,
+    grpo_loss,
+    icepop_weights,
+    k3_kl,
+    masked_is_weights,
+    truncated_is_weights,
+)
 from grpo.sampling import informative_groups, overlong_mask
 
 
@@ -93,6 +101,24 @@ def test_truncated_is_weights_and_masks():
     assert informative_groups(rewards).tolist() == [False, True, False]
     mask = torch.ones(2, 3, dtype=torch.bool)
     assert overlong_mask(mask, torch.tensor([False, True])).tolist() == [[True] * 3, [False] * 3]
+
+
+def test_masked_is_and_icepop_weights_by_hand():
+    ln = math.log
+    learner = torch.tensor([[ln(0.3), ln(0.9), ln(0.5)], [ln(0.8), ln(0.2), ln(0.6)]])
+    rollout = torch.tensor([[ln(0.6), ln(0.3), ln(0.5)], [ln(0.4), ln(0.4), ln(0.6)]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    # per-token ratios: [0.5, 3.0, 1.0] and [2.0, 0.5, (1.0, masked)]
+    token = masked_is_weights(learner, rollout, mask, cap=2.5)
+    assert torch.allclose(token, torch.tensor([[0.5, 0.0, 1.0], [2.0, 0.5, 0.0]]))  # 3.0 > 2.5: out, not capped
+    # sequence ratios: 0.5 * 3 * 1 = 1.5 (kept, every token gets 1.5) and 2 * 0.5 = 1.0
+    seq = masked_is_weights(learner, rollout, mask, cap=1.2, level="sequence")
+    assert torch.allclose(seq, torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))  # 1.5 > 1.2: the sequence is out
+    assert torch.allclose(masked_is_weights(learner, rollout, mask, cap=2.0, level="sequence"),
+                          torch.tensor([[1.5, 1.5, 1.5], [1.0, 1.0, 0.0]]))
+    pop = icepop_weights(learner, rollout, low=0.6, high=2.5)  # 0.5 and 3.0 are outside [0.6, 2.5]
+    assert torch.allclose(pop, torch.tensor([[0.0, 0.0, 1.0], [2.0, 0.0, 1.0]]))
+    assert not pop.requires_grad and not token.requires_grad
 
 
 TRL = json.loads((Path(__file__).parent / "fixtures" / "trl_grpo_loss.json").read_text())
