@@ -11,6 +11,9 @@ parallelism (FSDP2 shards them with the rest). Log-probs come from policy/logpro
 distinct prompt runs once per group; MoE balance losses then cover the completion tokens, each
 completion one sequence: a departure from SFT's every-token balance; token dropping off).
 
+Routing replay and the routing agreement with the engine (grpo/replay.py) wrap its forwards
+(`_routed`); the engine-mismatch weights (`algorithm.mismatch`) come from grpo/loss.py.
+
 Log-probs are taken at the sampling temperature, the distribution the engine sampled from.
 `full_state_dict()` gathers unsharded weights for the rollout workers (with LoRA: merged, under the
 base model's names, so an engine never knows about adapters). Metrics stay tensors until
