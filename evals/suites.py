@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from evals.metrics import distinct_n, mean_interval, pass_at_k
 from rewards.math_accuracy import math_accuracy
 from rewards.rules import is_refusal
+from rewards.text import completions_for
 
 Generator = Callable[[list[str], int], list[list[str]]]
 SUITES = ("math", "code", "preference", "safety", "stats", "reward")
@@ -151,8 +152,7 @@ def run_reward(generate: Generator, rows: list[dict], reward: str, samples: int 
     items, scores = [], []
     for row, comps in zip(rows, outs, strict=True):
         columns = {k: [v] * len(comps) for k, v in row.items() if k != "prompt"}
-        conversational = not isinstance(row["prompt"], str)
-        completions = [[{"role": "assistant", "content": c}] if conversational else c for c in comps]
+        completions = completions_for([row["prompt"]] * len(comps), comps)
         values = [v for v in call_reward(fn, [row["prompt"]] * len(comps), completions, columns) if v is not None]
         if not values:
             continue

@@ -21,6 +21,7 @@ from data_tools.prompts import PromptRow
 from grpo.config import GRPORecipe
 from grpo.sampling import informative_groups
 from rewards.combine import CombinedReward, RewardBatch
+from rewards.text import completions_for
 from rollout.engine import Rollout
 
 
@@ -81,13 +82,6 @@ class Groups:
     errors: int = 0
     dropped: int = 0
     tokens_per_second: float = 0.0
-
-
-def completions_for(prompts: list, texts: list[str]) -> list:
-    """TRL's rule: a conversational prompt's completion is a list with one assistant message, a
-    string prompt's a string."""
-    return [text if isinstance(p, str) else [{"role": "assistant", "content": text}]
-            for p, text in zip(prompts, texts, strict=True)]
 
 
 def score(reward: CombinedReward, rows: list[PromptRow], rollout: Rollout, n: int) -> RewardBatch:

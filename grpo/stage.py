@@ -11,11 +11,12 @@ from __future__ import annotations
 from data_tools.chat import encode_prompts
 from data_tools.prompts import first_prompt_row, load_prompts
 from grpo.config import GRPORecipe
-from grpo.groups import PromptSet, completions_for
+from grpo.groups import PromptSet
 from policy.load import load_tokenizer, pad_token_id, policy_config
 from rewards.api import call_reward
 from rewards.combine import CombinedReward, RewardComponent
 from rewards.registry import UnknownRewardError
+from rewards.text import completions_for
 from train.recipe import RecipeError
 
 NOT_CALLED = ("reward_model", "code_tests")  # the pre-flight call would load a model / start sandboxes

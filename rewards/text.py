@@ -21,3 +21,10 @@ def prompt_text(prompt) -> str:
         return prompt
     users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
     return users[-1] if users else ""
+
+
+def completions_for(prompts: list, texts: list[str]) -> list:
+    """TRL's rule: a conversational prompt's completion is a list with one assistant message, a
+    string prompt's a string."""
+    return [text if isinstance(p, str) else [{"role": "assistant", "content": text}]
+            for p, text in zip(prompts, texts, strict=True)]

@@ -35,3 +35,13 @@ def small_config(**overrides) -> DeepseekV2Config:
 @pytest.fixture
 def config() -> DeepseekV2Config:
     return small_config()
+
+
+@pytest.fixture
+def local_ray():
+    """A local two-CPU Ray cluster for one test."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()

@@ -89,14 +89,7 @@ def test_lora_grpo_resume_is_exact(tmp_path):
                            base["model.layers.0.self_attn.o_proj.weight"])
 
 
-ray = pytest.importorskip("ray")
-
-
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
+pytest.importorskip("ray")  # the local_ray fixture is tests/conftest.py's
 
 
 def test_lora_with_two_fsdp2_learners_equals_one(tmp_path, local_ray, capfd):

@@ -13,13 +13,6 @@ from tests.test_grpo_driver import _recipe
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def test_two_learners_and_a_killed_rollout_worker(tmp_path, local_ray, capfd):
     from grpo.driver import run
 
