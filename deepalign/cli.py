@@ -77,6 +77,17 @@ def cmd_policy_demo(args: argparse.Namespace) -> None:
     print(f"kv_cache_bytes: {out.kv_cache_bytes}")
 
 
+def cmd_policy_convert(args: argparse.Namespace) -> None:
+    """`policy convert SOURCE_OR_RECIPE --to deepseek-v2 --out DIR`: flags override the recipe."""
+    overrides = list(args.overrides) + [f"to={args.to}"] * bool(args.to) + [f"out={args.out}"] * bool(args.out)
+    schema = KINDS["convert"].schema
+    if args.target.endswith((".yaml", ".yml")):
+        recipe = load_recipe(args.target, schema, overrides)
+    else:
+        recipe = recipe_from_dict(schema, {"source": args.target}, "<command line>", overrides)
+    KINDS["convert"].run(recipe)
+
+
 def cmd_recipe(args: argparse.Namespace) -> None:
     """sft, grpo, pipeline, rm train, data mix: validate the recipe, then run it (deepalign/kinds.py)."""
     kind = KINDS[args.kind]
@@ -197,6 +208,16 @@ def _policy_commands(commands) -> None:
     demo.add_argument("--seed", type=int)
     demo.add_argument("--naive", action="store_true", help="decode with the expanded (naive) MLA cache")
     demo.set_defaults(func=cmd_policy_demo)
+    convert = policy_cmds.add_parser(
+        "convert", help="turn a dense Llama-family model into DeepSeek-V2 (MLA + DeepSeekMoE), then heal it",
+        description="Convert GQA attention to MLA and the FFN to shared + routed experts from the pretrained "
+                    "weights, heal by distillation from the dense model, and report KV size, perplexity and "
+                    "arithmetic accuracy before and after.")
+    convert.add_argument("target", metavar="SOURCE_OR_RECIPE")
+    convert.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+    convert.add_argument("--to", choices=["deepseek-v2"], default=None)
+    convert.add_argument("--out", help="the directory to write (replaced atomically)")
+    convert.set_defaults(func=cmd_policy_convert)
 
 
 def _eval_commands(commands) -> None:

@@ -2,7 +2,7 @@
 function runs it. The command line, the pipeline's stages and the shipped-recipe test all read it.
 
 A shipped recipe's kind follows from its file name (`kind_of_file`): `grpo*.yaml` (GRPO stages),
-`rm_*.yaml` (reward models), and `sft`, `mix`, `pipeline`, `compare`, `policy`.
+`rm_*.yaml` (reward models), and `sft`, `mix`, `pipeline`, `compare`, `policy`, `convert`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ KINDS = {k.name: k for k in (
     Kind("pipeline", "deepalign.pipeline:PipelineRecipe", "deepalign.pipeline:run_pipeline"),
     Kind("compare", "evals.config:EvalSettings", None),  # also needs the checkpoints (evals/runner.py)
     Kind("policy", "policy.config:PolicyDemoRecipe", None),  # `policy info` / `policy demo`
+    Kind("convert", "convert.config:ConvertRecipe", "convert.run:run"),  # `policy convert`
 )}
 
 

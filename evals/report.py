@@ -3,7 +3,8 @@
 Sections: scores per suite and checkpoint; the alignment-tax table (each later checkpoint B
 against the first, A: per suite A, B, delta and its paired 95% interval, and whether the
 interval excludes zero); the reward-model win rate of B over A with ties; response statistics
-and KL(B || A); plots of per-suite scores, reward and length distributions; and side-by-side
+and KL(B || A); routing drift per MoE layer (DeepSeekMoE checkpoints);
+plots of per-suite scores, reward and length distributions; and side-by-side
 samples where the checkpoints disagree most.
 """
 
@@ -30,13 +31,15 @@ def _short(name: str) -> str:
     return name.rstrip("/").split("/")[-2] + "/" + name.rstrip("/").split("/")[-1] if name.count("/") > 1 else name
 
 
-def build(results: dict[str, dict[str, SuiteResult]], kl: dict[str, float] | None = None) -> dict:
-    """The report's content as plain data (what report.json holds)."""
+def build(results: dict[str, dict[str, SuiteResult]], kl: dict[str, float] | None = None,
+          drift: dict[str, list[float]] | None = None) -> dict:
+    """The report's content as plain data (what report.json holds). drift: per pair, the routing
+    agreement per MoE layer (evals/routing_drift.py)."""
     names = list(results)
     base = names[0]
     suites = [s for s in results[base] if all(s in results[n] for n in names)]
     out = {"checkpoints": names, "suites": suites, "scores": {}, "tax": [], "win_rates": [], "kl": kl or {},
-           "disagreements": []}
+           "routing_agreement": drift or {}, "disagreements": []}
     for n in names:
         out["scores"][n] = {s: {"score": results[n][s].score, **results[n][s].metrics} for s in suites}
     for other in names[1:]:
@@ -137,18 +140,29 @@ def tables(content: dict) -> list[tuple[str, list[str], list[list]]]:
     if content["kl"]:
         out.append(("KL of B from A (per response, on B's samples)", ["pair", "KL(B || A)"],
                     [[pair, value] for pair, value in content["kl"].items()]))
+    if content["routing_agreement"]:
+        out.append(("Routing drift of B from A (share of response tokens with the same top-k experts)",
+                    ["pair", "mean over MoE layers", "lowest layer", "per layer"],
+                    [[pair, sum(v) / len(v), min(v), " ".join(f"{x:.2f}" for x in v)]
+                     for pair, v in content["routing_agreement"].items()]))
     out.append(("Where they disagree most", ["suite", "prompt", "A", "score A", "B", "score B"],
                 [[d["suite"], d["prompt"], d["completion_a"][:300], d["score_a"], d["completion_b"][:300], d["score_b"]]
                  for d in content["disagreements"]]))
     return out
 
 
-def write(results: dict[str, dict[str, SuiteResult]], out_dir: str | Path, kl: dict[str, float] | None = None) -> dict:
+def write(results: dict[str, dict[str, SuiteResult]], out_dir: str | Path, kl: dict[str, float] | None = None,
+          drift: dict[str, list[float]] | None = None) -> dict:
     """report.md, report.html, report.json and the plots' PNGs in out_dir; returns the content."""
+    from evals import routing_drift
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    content = build(results, kl)
+    content = build(results, kl, drift)
     images = plots(results, content["suites"])
+    if drift:
+        images["routing_drift"] = routing_drift.plot({" vs ".join(map(_short, p.split(" vs "))): v
+                                                      for p, v in drift.items()})
     for name, data in images.items():
         (out_dir / f"{name}.png").write_bytes(data)
     md = ["# deepalign comparison", "", "Checkpoints: " + ", ".join(f"`{n}`" for n in content["checkpoints"]), ""]

