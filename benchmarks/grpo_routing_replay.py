@@ -37,14 +37,22 @@ def run(recipe: str, steps: int, out: Path, replay: str, extra: list[str]) -> di
            f"train.steps={steps}", f"train.output_dir={out}", "log.tensorboard=false", "rollout.parity_max_kl=1.0",
            *extra]
     start = time.perf_counter()
+    if (out / "eval.json").exists():  # a finished run kept by --keep: read it again
+        print(f"{out}: finished before, read from its files")
+        return _read(out, None)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "DEEPALIGN_PLAIN_PROGRESS": "1"})
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return _read(out, time.perf_counter() - start)
+
+
+def _read(out: Path, seconds: float | None) -> dict:
     steps_log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     history = json.loads((out / "eval.json").read_text())
-    return {"steps": steps_log, "start": history["start"], "end": history["end"],
-            "seconds": time.perf_counter() - start}
+    if seconds is None:  # a kept run: its steps' own times (without start-up and evaluations)
+        seconds = sum(m["time/step_s"] for m in steps_log)
+    return {"steps": steps_log, "start": history["start"], "end": history["end"], "seconds": seconds}
 
 
 def summary(r: dict) -> dict:
@@ -64,14 +72,15 @@ def summary(r: dict) -> dict:
             "kl_mean": sum(kl) / len(kl), "kl_max": max(kl), "masked": sum(col("mismatch/masked_fraction")) / len(s),
             "is_weight": sum(col("train/is_weight_mean")) / len(s),
             "reward_first5": first, "reward_last5": last, "skipped": skipped, "collapsed": collapsed,
-            "s_per_step": r["seconds"] / len(s)}
+            "s_per_step": sum(col("time/step_s")) / len(s), "minutes": r["seconds"] / 60}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="recipes/smollm2/grpo_moe_arith.yaml")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--keep", help="keep both runs under this folder (default: a temporary one)")
+    parser.add_argument("--keep", help="keep both runs under this folder (default: a temporary one); a run "
+                                       "finished there before is read, not run again")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="passed to both runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -138,3 +138,15 @@ def test_rewards_by_alias_in_the_recipe_and_in_overrides(tmp_path):
                                                                         ("refusal", 2.0, {})]
     with pytest.raises(RecipeError, match=r"got 'nope' \(or name an item: helpful, refusal\)"):
         load_recipe(path, GRPORecipe, ["rewards.nope.weight=1"])
+
+
+def test_yaml_booleans_read_as_the_word_a_literal_key_means():
+    """YAML 1.1 reads `off` / `no` as False: `algorithm.routing_replay=off` and `mixed_precision: no`
+    failed before; a bool with no matching word is still an error."""
+    from grpo.config import GRPORecipe
+
+    recipe = recipe_from_dict(GRPORecipe, {"train": {"mixed_precision": False}}, "r",
+                              ["algorithm.routing_replay=off"])
+    assert recipe.algorithm.routing_replay == "off" and recipe.train.mixed_precision == "no"
+    with pytest.raises(RecipeError, match="must be one of"):
+        recipe_from_dict(GRPORecipe, {}, "r", ["algorithm.mismatch=yes"])

@@ -130,6 +130,9 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+YAML_FALSE, YAML_TRUE = ("off", "no", "false"), ("on", "yes", "true")
+
+
 def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -143,6 +146,8 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
                 errors.append(exc)
         raise RecipeError(f"{where}: key '{key}' expects {_type_name(tp)}, got {type(value).__name__} ({value!r})")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off / no / on / yes as booleans: take the word meant
+            value = next((w for w in (YAML_FALSE if value is False else YAML_TRUE) if w in args), value)
         if value not in args:
             raise RecipeError(f"{where}: key '{key}' must be one of {list(args)}, got {value!r}")
         return value
