@@ -51,3 +51,7 @@ class ConvertRecipe:
     def __post_init__(self):
         if not self.out:
             raise RecipeError("out: the directory to write the converted model to is required (--out DIR)")
+        if self.data.calibration < 1:
+            raise RecipeError("data.calibration: the conversion needs at least 1 calibration chat")
+        if self.heal.steps and self.data.heal < 1:
+            raise RecipeError("data.heal: 0 chats to heal on; set heal.steps=0 to convert without a heal")

@@ -59,8 +59,10 @@ def arithmetic_accuracy(model, tokenizer, n: int, seed: int = 0, max_new_tokens:
     return sum(s or 0.0 for s in scores) / len(scores)
 
 
-def evaluate(model, tokenizer, eval_rows: list[ChatRow], arithmetic: int, seed: int, teacher=None) -> dict:
-    """The report's figures for one model (`teacher`: the dense model, for the KL column)."""
+def evaluate(model, tokenizer, eval_rows: list[ChatRow], arithmetic: int, teacher=None) -> dict:
+    """The report's figures for one model (`teacher`: the dense model, for the KL column). The
+    arithmetic problems are always the GRPO recipes' held-out ones (data.seed 0), whatever the
+    conversion's seed, so figures compare across conversions and with GRPO runs."""
     was_training = model.training
     model.eval()
     teacher_logits = None
@@ -71,7 +73,7 @@ def evaluate(model, tokenizer, eval_rows: list[ChatRow], arithmetic: int, seed: 
         "kv_elements_per_token_per_layer": policy_figures(model.config)["kv_cache_elements_per_token_per_layer"],
         "perplexity": math.exp(scores["nll"] / max(scores["tokens"], 1)),
         "kl_to_dense": scores["kl"] / max(scores["tokens"], 1) if teacher is not None else 0.0,
-        "arithmetic_accuracy": arithmetic_accuracy(model, tokenizer, arithmetic, seed) if arithmetic else None,
+        "arithmetic_accuracy": arithmetic_accuracy(model, tokenizer, arithmetic) if arithmetic else None,
         "eval_reply_tokens": scores["tokens"],
     }
     model.train(was_training)

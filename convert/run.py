@@ -123,14 +123,14 @@ def run(recipe: ConvertRecipe) -> Path:
           flush=True)
     results = {}
     for name, m, teacher in (("dense", dense, None), ("converted", model, dense)):
-        results[name] = evaluate(m, tokenizer, eval_rows, d.arithmetic, recipe.seed, teacher=teacher)
+        results[name] = evaluate(m, tokenizer, eval_rows, d.arithmetic, teacher=teacher)
         print(table_row(name, results[name]), flush=True)
     tmp = staging_dir(out)
     heal_log = []
     try:
         if recipe.heal.steps:
             heal_log = heal(model, dense, heal_rows, recipe.heal, pad_token_id(tokenizer), recipe.seed, tmp / "logs")
-            results["healed"] = evaluate(model, tokenizer, eval_rows, d.arithmetic, recipe.seed, teacher=dense)
+            results["healed"] = evaluate(model, tokenizer, eval_rows, d.arithmetic, teacher=dense)
             print(table_row("healed", results["healed"]), flush=True)
         report = {"recipe": asdict(recipe), "layers": layers, "results": results, "heal": heal_log,
                   "seconds": round(time.perf_counter() - start, 1)}

@@ -220,3 +220,8 @@ def test_cli_bad_shape_is_one_line_naming_the_key(dense_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "shape: (n_shared_experts + n_routed_experts)" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_heal_without_heal_chats_is_one_line(dense_dir, tmp_path, capsys):
+    assert main(["policy", "convert", str(dense_dir), "data.heal=0", "--out", str(tmp_path / "x")]) == 2
+    assert "data.heal: 0 chats to heal on" in capsys.readouterr().err
