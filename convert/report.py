@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from convert.data import ChatRow
-from convert.heal import pad_batch
+from convert.heal import forward_kl_sum, pad_batch
 from data_tools.prompts import builtin_prompts
 from data_tools.synthetic import HELD_OUT_SEED
 from policy.info import policy_figures
@@ -41,8 +41,7 @@ def reply_scores(model, rows: list[ChatRow], teacher_logits=None, batch_size: in
         logp = F.log_softmax(logits[:, :-1][target[:, :-1]], dim=-1)
         nll -= logp.gather(-1, ids[:, 1:][target[:, :-1]].unsqueeze(-1)).sum().item()
         if teacher_logits is not None:
-            t = F.log_softmax(teacher_logits(ids, mask).float()[:, :-1][target[:, :-1]], dim=-1)
-            kl += (t.exp() * (t - logp)).sum().item()
+            kl += forward_kl_sum(logits[:, :-1], teacher_logits(ids, mask)[:, :-1], target[:, :-1]).item()
         count += int(target[:, :-1].sum())
     return {"nll": nll, "kl": kl, "tokens": count}
 

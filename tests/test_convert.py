@@ -77,11 +77,16 @@ def test_mqa_llama_converts_exactly_with_every_expert_active():
     assert layers[0]["latent_norm_unmeasured_share"] < 1e-9  # the latent spans all of h^: its norm is exact
 
 
-def test_ffn_with_every_expert_and_a_flat_router_is_the_dense_ffn():
+def random_ffn(d: int, inter: int, tokens: int):
+    """(w_gate, w_up, w_down, calibration inputs x) of a random SwiGLU FFN."""
     torch.manual_seed(0)
-    d, inter = 32, 48
     wg, wu, wd = torch.randn(inter, d) * 0.3, torch.randn(inter, d) * 0.3, torch.randn(d, inter) * 0.3
-    x = torch.randn(200, d)
+    return wg, wu, wd, torch.randn(tokens, d)
+
+
+def test_ffn_with_every_expert_and_a_flat_router_is_the_dense_ffn():
+    d = 32
+    wg, wu, wd, x = random_ffn(d, 48, 200)
     w = convert_ffn(wg, wu, wd, x, MoEShape(8, 2, 4, 4, router_logit_std=0.0))
     assert w.relative_error < 1e-6
     neurons = torch.cat([w.shared_gate, w.gate_up_proj[:, :8].reshape(-1, d)])
@@ -90,10 +95,7 @@ def test_ffn_with_every_expert_and_a_flat_router_is_the_dense_ffn():
 
 
 def test_router_is_fit_to_expert_output_sizes_and_beats_chance():
-    torch.manual_seed(0)
-    d, inter = 32, 96
-    wg, wu, wd = torch.randn(inter, d) * 0.3, torch.randn(inter, d) * 0.3, torch.randn(d, inter) * 0.3
-    x = torch.randn(400, d)
+    wg, wu, wd, x = random_ffn(32, 96, 400)
     w = convert_ffn(wg, wu, wd, x, MoEShape(8, 2, 10, 2, router_logit_std=0.1))
     assert w.router_recall > 0.2 + 0.25  # chance is 2/10; measured 0.6
     assert torch.allclose((x @ w.router.T).std(), torch.tensor(0.1), rtol=1e-4)
