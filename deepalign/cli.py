@@ -4,7 +4,7 @@
     deepalign policy demo  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...] [--prompt TEXT] ...
     deepalign sft          RECIPE.yaml [dotted.key=value ...]
     deepalign grpo         RECIPE.yaml [dotted.key=value ...]
-    deepalign pipeline     RECIPE.yaml [dotted.key=value ...]
+    deepalign pipeline     RECIPE.yaml [--seeds N] [dotted.key=value ...]
     deepalign eval         CHECKPOINT [--suites math,code,...] [--out DIR] ...
     deepalign compare      CKPT_A CKPT_B [...] [--suites ...] [--out DIR] ...
     deepalign data mix     RECIPE.yaml [dotted.key=value ...]
@@ -91,7 +91,8 @@ def cmd_policy_convert(args: argparse.Namespace) -> None:
 def cmd_recipe(args: argparse.Namespace) -> None:
     """sft, grpo, pipeline, rm train, data mix: validate the recipe, then run it (deepalign/kinds.py)."""
     kind = KINDS[args.kind]
-    recipe = load_recipe(args.recipe, kind.schema, args.overrides)  # validated before anything heavy
+    seeds = [f"seeds={args.seeds}"] if getattr(args, "seeds", None) else []
+    recipe = load_recipe(args.recipe, kind.schema, [*args.overrides, *seeds])  # validated before anything heavy
     if args.kind == "pipeline":
         from deepalign.pipeline import stage_recipes
 
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_command(commands, "pipeline", "pipeline", "SFT -> reward models -> GRPO stage 1 -> stage 2",
                     "Run a pipeline of stages, each feeding the next; finished stages are skipped, so "
                     "re-running resumes.")
+    commands.choices["pipeline"].add_argument(
+        "--seeds", type=int, metavar="N", help="run the pipeline once per training seed 0..N-1 (in "
+        "OUTPUT_DIR/seed<s>) and report each stage's held-out metrics as mean and 95%% interval across seeds")
     _eval_commands(commands)
     _data_commands(commands)
     rm = commands.add_parser("rm", help="reward models")
@@ -288,8 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse stops collecting the trailing KEY=VALUE overrides at the first flag (`--seeds 3 a=b`
+    left `a=b` unrecognised), so overrides after a flag are gathered here."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     from data_tools.chat import TemplateError
     from data_tools.schema import BadRowError
     from evals.data import EvalError

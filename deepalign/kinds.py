@@ -36,7 +36,7 @@ KINDS = {k.name: k for k in (
     Kind("rm", "rewards.config:RMRecipe", "rewards.rm_train:run"),
     Kind("grpo", "grpo.config:GRPORecipe", "grpo.driver:run"),
     Kind("mix", "data_tools.config:MixRecipe", "data_tools.mix:build_mixture"),
-    Kind("pipeline", "deepalign.pipeline:PipelineRecipe", "deepalign.pipeline:run_pipeline"),
+    Kind("pipeline", "deepalign.pipeline:PipelineRecipe", "deepalign.seeds:run"),
     Kind("compare", "evals.config:EvalSettings", None),  # also needs the checkpoints (evals/runner.py)
     Kind("policy", "policy.config:PolicyDemoRecipe", None),  # `policy info` / `policy demo`
     Kind("convert", "convert.config:ConvertRecipe", "convert.run:run"),  # `policy convert`

