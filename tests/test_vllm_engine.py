@@ -194,7 +194,7 @@ def _generate_in_a_fresh_process(checkpoint, prompts, path):
     """vLLM's in-process engine core sets its parallel groups up once per process, for the first model
     (a dense one leaves no expert-parallel group), so this MoE model gets a process of its own."""
     script = f"""
-import dataclasses, json, sys
+import dataclasses, json
 from rollout.engine import SamplingConfig
 from rollout.vllm_engine import VLLMEngine
 eng = VLLMEngine({str(checkpoint)!r}, dtype="float32", seed=0, max_model_len=256)
