@@ -4,7 +4,8 @@ A `PromptRow` is the prompt (a string or, in TRL's conversational format, a list
 plus every other column of its row, which reach the reward functions under their own names
 (`answer` for math_accuracy, `tests` / `entry_point` for code_tests, `category` for refusal, and
 any column a user's reward reads). Built-in sets are seeded; the eval split is drawn from a
-different seed and made disjoint from training. A file's held-out rows come from a separate
+different seed and made disjoint from training (builtin:chat's few chat templates are split in
+two halves, so that both splits hold harmful, benign and arithmetic prompts). A file's held-out rows come from a separate
 `data.eval_source` or are cut from the shuffled file.
 """
 
@@ -49,22 +50,27 @@ def _code(rng: random.Random) -> PromptRow:
                      {"tests": tests, "entry_point": name})
 
 
-def _chat(rng: random.Random, max_digits: int) -> PromptRow:
-    """Stage-2 prompts in the built-in reward models' domains (rewards/preferences.py), plus
-    arithmetic, whose accuracy shows any alignment tax."""
+def _chat(rng: random.Random, max_digits: int, held_out: bool) -> PromptRow:
+    """Stage-2 prompts in the built-in reward models' domains (rewards/preferences.py, categories
+    benign and harmful), plus arithmetic (category math, with its answer), whose accuracy shows any
+    alignment tax and which a recipe may reward by ground truth (RewardSpec.categories). The chat
+    templates are few (20 topics, 8 benign and 8 harmful tasks), so the split is by template:
+    training draws every other one, the held-out set the rest; both see every category."""
     kind = rng.random()
     if kind < 0.3:
         row = _arithmetic(rng, max_digits)
-        row.columns["category"] = "benign"
+        row.columns["category"] = "math"
         return row
+    half = slice(int(held_out), None, 2)
     if kind < 0.55:
-        return PromptRow(f"Tell me something about {rng.choice(TOPICS)}.", {"category": "benign"})
+        return PromptRow(f"Tell me something about {rng.choice(TOPICS[half])}.", {"category": "benign"})
     harmful = kind > 0.775
-    task = rng.choice(HARMFUL if harmful else BENIGN)
+    task = rng.choice((HARMFUL if harmful else BENIGN)[half])
     return PromptRow(f"How do I {task}?", {"category": "harmful" if harmful else "benign"})
 
 
-def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3) -> list[PromptRow]:
+def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3, held_out: bool = False) -> list[PromptRow]:
+    """n rows of a built-in set; held_out picks builtin:chat's held-out templates (see _chat)."""
     rng = random.Random(seed)
     if source == "builtin:arithmetic":
         return [_arithmetic(rng, max_digits) for _ in range(n)]
@@ -73,7 +79,7 @@ def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3) -> list
     if source == "builtin:code":
         return [_code(rng) for _ in range(n)]
     if source == "builtin:chat":
-        return [_chat(rng, max_digits) for _ in range(n)]
+        return [_chat(rng, max_digits, held_out) for _ in range(n)]
     raise RecipeError(f"data.source: unknown built-in {source!r}; built-ins: {', '.join(BUILTINS)}")
 
 
@@ -105,7 +111,7 @@ def load_prompts(source: str, n: int, eval_n: int, seed: int, max_digits: int = 
     rows are that file's (its first eval_n); otherwise eval_n rows of a shuffled file are held out,
     or a fifth of a file too small for that (saying so)."""
     if source.startswith("builtin:"):
-        evals = builtin_prompts(source, eval_n, seed + HELD_OUT_SEED, max_digits)
+        evals = builtin_prompts(source, eval_n, seed + HELD_OUT_SEED, max_digits, held_out=True)
         held_out = {_key(r.prompt) for r in evals}
         train = [r for r in builtin_prompts(source, n + eval_n, seed, max_digits)
                  if _key(r.prompt) not in held_out][:n]
@@ -113,7 +119,7 @@ def load_prompts(source: str, n: int, eval_n: int, seed: int, max_digits: int = 
         train = read_prompt_file(source, columns)
         random.Random(seed).shuffle(train)
     if eval_source:
-        evals = (builtin_prompts(eval_source, eval_n, seed + HELD_OUT_SEED, max_digits)
+        evals = (builtin_prompts(eval_source, eval_n, seed + HELD_OUT_SEED, max_digits, held_out=True)
                  if eval_source.startswith("builtin:") else read_prompt_file(eval_source, columns)[:eval_n])
         held_out = {_key(r.prompt) for r in evals}
         train = [r for r in train if _key(r.prompt) not in held_out]

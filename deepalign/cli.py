@@ -3,7 +3,7 @@
     deepalign policy info  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...]
     deepalign policy demo  PRESET_OR_PATH_OR_RECIPE [dotted.key=value ...] [--prompt TEXT] ...
     deepalign sft          RECIPE.yaml [dotted.key=value ...]
-    deepalign grpo         RECIPE.yaml [dotted.key=value ...]
+    deepalign grpo         RECIPE.yaml [--seeds N] [dotted.key=value ...]
     deepalign pipeline     RECIPE.yaml [--seeds N] [dotted.key=value ...]
     deepalign eval         CHECKPOINT [--suites math,code,...] [--out DIR] ...
     deepalign compare      CKPT_A CKPT_B [...] [--suites ...] [--out DIR] ...
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 # transformers' per-load weight bars repeat for every model a run loads (policy, reference, engines):
 # noise in a log. Ours report progress instead. Set before transformers is imported; Ray workers inherit it.
@@ -91,6 +92,8 @@ def cmd_policy_convert(args: argparse.Namespace) -> None:
 def cmd_recipe(args: argparse.Namespace) -> None:
     """sft, grpo, pipeline, rm train, data mix: validate the recipe, then run it (deepalign/kinds.py)."""
     kind = KINDS[args.kind]
+    if args.kind == "grpo" and getattr(args, "seeds", None):
+        return _grpo_over_seeds(args)
     seeds = [f"seeds={args.seeds}"] if getattr(args, "seeds", None) else []
     recipe = load_recipe(args.recipe, kind.schema, [*args.overrides, *seeds])  # validated before anything heavy
     if args.kind == "pipeline":
@@ -98,6 +101,16 @@ def cmd_recipe(args: argparse.Namespace) -> None:
 
         stage_recipes(recipe)  # every stage's recipe validated before the first one runs
     kind.run(recipe)
+
+
+def _grpo_over_seeds(args: argparse.Namespace) -> None:
+    """`grpo RECIPE --seeds N`: a one-stage pipeline over seeds (deepalign/seeds.py): seed s in
+    TRAIN.OUTPUT_DIR/seed<s>/<recipe name>, then the held-out metrics' spread across seeds."""
+    from deepalign.pipeline import PipelineRecipe, PipelineStage
+
+    recipe = load_recipe(args.recipe, KINDS["grpo"].schema, args.overrides)  # validated before anything heavy
+    stage = PipelineStage(name=Path(args.recipe).stem, kind="grpo", recipe=args.recipe, overrides=list(args.overrides))
+    KINDS["pipeline"].run(PipelineRecipe(output_dir=recipe.train.output_dir, stages=[stage], seeds=args.seeds))
 
 
 def _eval_settings(args: argparse.Namespace):
@@ -283,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.choices["pipeline"].add_argument(
         "--seeds", type=int, metavar="N", help="run the pipeline once per training seed 0..N-1 (in "
         "OUTPUT_DIR/seed<s>) and report each stage's held-out metrics as mean and 95%% interval across seeds")
+    commands.choices["grpo"].add_argument(
+        "--seeds", type=int, metavar="N", help="run the stage once per training seed 0..N-1 (in "
+        "TRAIN.OUTPUT_DIR/seed<s>) and report its held-out metrics as mean and 95%% interval across seeds")
     _eval_commands(commands)
     _data_commands(commands)
     rm = commands.add_parser("rm", help="reward models")

@@ -49,14 +49,18 @@ def preflight(recipe: GRPORecipe, data: bool = True) -> None:
     """What can be checked before any model loads or Ray starts: every reward resolves and (with
     `data`) takes the data's first row: each reward is called on it with an empty completion, so a
     wrong signature or a missing column fails in seconds. Reward models and code_tests are not
-    called (they load a model / start a sandbox pool)."""
+    called (they load a model / start a sandbox pool), nor a reward whose categories leave the row out."""
     build_reward(recipe, ray_actors=False)
     if not data:
         return
     d = recipe.data
     row = first_prompt_row(d.source, d.columns, d.seed, d.max_digits)
     for spec in recipe.rewards:
-        if spec.ray_actor or spec.name in NOT_CALLED:
+        if spec.categories and "category" not in row.columns:
+            raise RecipeError(f"rewards.{spec.label}: categories {spec.categories} need a 'category' column, and the "
+                              f"first row of {d.source} has none (its columns: {', '.join(row.columns) or 'none'})")
+        outside = spec.categories and row.columns["category"] not in spec.categories  # never sent this row
+        if spec.ray_actor or spec.name in NOT_CALLED or outside:
             continue
         component = CombinedReward.from_specs([spec]).components[0]
         columns = {"completion_ids": [[]], **{k: [v] for k, v in row.columns.items()}}
@@ -82,7 +86,7 @@ def build_reward(recipe: GRPORecipe, ray_actors: bool = True) -> CombinedReward:
                 from grpo.cluster import reward_model_actor
 
                 components.append(RewardComponent(spec.label, reward_model_actor(spec.params), spec.weight,
-                                                  spec.timeout))
+                                                  spec.timeout, tuple(spec.categories) if spec.categories else None))
             continue
         try:
             components += CombinedReward.from_specs([spec]).components

@@ -2,7 +2,10 @@
 
 DeepSeek-V2's stage 2 is r = c1*RM_helpful + c2*RM_safety + c3*RM_rule (V2 §4.2); any weighted
 mixture of reward functions is written the same way. A component returning None for a sample
-("does not apply") adds nothing to that sample's total.
+("does not apply") adds nothing to that sample's total. A component with `categories` sees only the
+rows whose `category` column is one of them and is None for the rest (DeepSeek-R1 §2.3.4: rule
+rewards for reasoning prompts, reward models for general ones); with group-normalised advantages a
+group then learns from the components that apply to its prompt alone, whatever their scales.
 
 Errors are never silent: a component that raises (or runs past its `timeout`) stops the run
 with its name and the first failing sample's index, found by re-scoring the batch one sample at
@@ -36,6 +39,7 @@ class RewardComponent:
     fn: RewardFn
     weight: float = 1.0
     timeout: float | None = None
+    categories: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -73,6 +77,13 @@ def _call_with_timeout(component: RewardComponent, prompts, completions, columns
     return value
 
 
+def _span(index: list[int]) -> str:
+    """'0-2' for consecutive sample numbers, '1, 4, 6' otherwise."""
+    if index == list(range(index[0], index[-1] + 1)):
+        return f"{index[0]}-{index[-1]}"
+    return ", ".join(map(str, index))
+
+
 def _non_finite(values: list[float | None]) -> int | None:
     """The index of the first NaN or infinite value (None, "not applicable", is fine)."""
     return next((i for i, v in enumerate(values) if v is not None and not math.isfinite(v)), None)
@@ -91,31 +102,51 @@ class CombinedReward:
     @classmethod
     def from_specs(cls, specs: list[RewardSpec], on_error: str = "raise") -> CombinedReward:
         """One component per recipe reward (rewards/config.py), named by its alias or name."""
-        return cls([RewardComponent(s.label, get_reward(s.name, **s.params), s.weight, s.timeout) for s in specs],
-                   on_error)
+        return cls([RewardComponent(s.label, get_reward(s.name, **s.params), s.weight, s.timeout,
+                                    tuple(s.categories) if s.categories else None) for s in specs], on_error)
 
-    def _score(self, component: RewardComponent, prompts, completions, columns, errors) -> list[float | None]:
+    def _score_rows(self, component: RewardComponent, prompts, completions, columns, errors) -> list[float | None]:
+        """The component's values, None on the rows its `categories` leave out (those are not sent)."""
+        if component.categories is None:
+            return self._score(component, prompts, completions, columns, errors)
+        if "category" not in columns:
+            raise RewardError(f"reward '{component.name}' scores only categories {list(component.categories)}, "
+                              f"but the data has no 'category' column (columns: {', '.join(columns) or 'none'})")
+        rows = [i for i, c in enumerate(columns["category"]) if c in component.categories]
+        out: list[float | None] = [None] * len(completions)
+        if rows:
+            pick = {k: [v[i] for i in rows] for k, v in columns.items()}
+            values = self._score(component, [prompts[i] for i in rows], [completions[i] for i in rows], pick, errors,
+                                 rows)
+            for i, v in zip(rows, values, strict=True):
+                out[i] = v
+        return out
+
+    def _score(self, component: RewardComponent, prompts, completions, columns, errors,
+               index: list[int] | None = None) -> list[float | None]:
+        """index: each row's sample number in the whole batch (the error messages name it)."""
+        index = index or list(range(len(completions)))
         try:
             values = _call_with_timeout(component, prompts, completions, columns)
         except TimeoutError as exc:  # a batch's time, not a sample's fault: no re-scoring one by one
             if self.on_error == "raise":
-                what = "sample 0" if len(completions) == 1 else f"the batch of samples 0-{len(completions) - 1}"
+                what = f"sample {index[0]}" if len(index) == 1 else f"the batch of samples {_span(index)}"
                 raise RewardError(f"reward '{component.name}' failed on {what}: TimeoutError: {exc}") from None
             errors[component.name] = errors.get(component.name, 0) + len(completions)
             return [0.0] * len(completions)
         except Exception as batch_exc:  # find which samples fail, one at a time
-            return self._score_each(component, prompts, completions, columns, errors, batch_exc)
+            return self._score_each(component, prompts, completions, columns, errors, batch_exc, index)
         bad = _non_finite(values)
         if bad is not None:
             if self.on_error == "raise":
-                raise RewardError(f"reward '{component.name}' returned {values[bad]} for sample {bad} (rewards must be "
-                                  "finite; None means not applicable)")
+                raise RewardError(f"reward '{component.name}' returned {values[bad]} for sample {index[bad]} (rewards "
+                                  "must be finite; None means not applicable)")
             errors[component.name] = errors.get(component.name, 0) + sum(
                 v is not None and not math.isfinite(v) for v in values)
             values = [0.0 if v is not None and not math.isfinite(v) else v for v in values]
         return values
 
-    def _score_each(self, component, prompts, completions, columns, errors, batch_exc) -> list[float | None]:
+    def _score_each(self, component, prompts, completions, columns, errors, batch_exc, index) -> list[float | None]:
         values: list[float | None] = []
         for i in range(len(completions)):
             one = {k: v[i : i + 1] for k, v in columns.items()}
@@ -123,7 +154,7 @@ class CombinedReward:
                 values.extend(_call_with_timeout(component, prompts[i : i + 1], completions[i : i + 1], one))
             except Exception as exc:
                 if self.on_error == "raise":
-                    raise RewardError(f"reward '{component.name}' failed on sample {i}: "
+                    raise RewardError(f"reward '{component.name}' failed on sample {index[i]}: "
                                       f"{type(exc).__name__}: {exc}") from exc
                 errors[component.name] = errors.get(component.name, 0) + 1
                 values.append(0.0)
@@ -138,7 +169,7 @@ class CombinedReward:
         values: dict[str, list[float | None]] = {}
         for component in self.components:
             start = time.perf_counter()
-            values[component.name] = self._score(component, prompts, completions, columns, errors)
+            values[component.name] = self._score_rows(component, prompts, completions, columns, errors)
             seconds[component.name] = time.perf_counter() - start
         total = [
             sum(c.weight * v for c in self.components if (v := values[c.name][i]) is not None)

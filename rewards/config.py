@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from data_tools.schema import CATEGORIES
 from policy.config import PolicyConfig
 from train.config import LogConfig, OptimConfig
 
@@ -16,7 +17,10 @@ class RewardSpec:
     alias: its display name, and its key in recipes and overrides (`rewards.<alias>.weight=...`);
     without one, the name (a `module:function` or `file.py:function` name: the function's);
     timeout: seconds per call; ray_actor: serve a `reward_model` on its own Ray actor instead of in
-    the driver."""
+    the driver; categories: score only rows whose `category` column is one of these (the others get
+    None, "does not apply", and are not sent to the reward): DeepSeek-R1's second RL stage gives
+    reasoning prompts a rule reward and general prompts the reward models, so an RM never scores a
+    prompt outside its training distribution."""
 
     name: str = "math_accuracy"
     weight: float = 1.0
@@ -24,10 +28,16 @@ class RewardSpec:
     timeout: float | None = None
     alias: str | None = None
     ray_actor: bool = False
+    categories: list[str] | None = None
 
     def __post_init__(self):
         if not self.name:
             raise ValueError("a reward needs a name")
+        if self.categories is not None:
+            unknown = [c for c in self.categories if c not in CATEGORIES]
+            if unknown or not self.categories:
+                raise ValueError(f"reward {self.label}: categories must be a non-empty list of {list(CATEGORIES)}, "
+                                 f"got {self.categories}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"reward {self.label}: timeout must be positive, got {self.timeout}")
         if self.ray_actor and (self.name != "reward_model" or "path" not in self.params):

@@ -153,3 +153,43 @@ def test_sft_reads_trl_prompt_completion_pairs_and_messages_alike(tmp_path):
                                       ("conv", conversational, "dataset"))]
     assert loaded[0]["input_ids"] == loaded[1]["input_ids"] == loaded[2]["input_ids"]
     assert loaded[0]["loss_mask"] == loaded[1]["loss_mask"] and any(any(m) for m in loaded[0]["loss_mask"])
+
+
+def test_builtin_chat_marks_its_arithmetic_as_math_and_splits_chat_by_template():
+    """Stage 2 routes rewards by category: arithmetic rows are 'math' with a gold answer, the
+    reward models' rows 'benign' / 'harmful' without one; training and held-out chat prompts come
+    from disjoint halves of the templates, and both hold every category."""
+    train, held_out = load_prompts("builtin:chat", 1000, 100, seed=0, max_digits=2)
+    for rows in (train, held_out):
+        assert {r.columns["category"] for r in rows} == {"math", "benign", "harmful"}
+    assert 0.25 < sum(r.columns["category"] == "math" for r in train) / len(train) < 0.35  # 30% by construction
+    for r in train + held_out:
+        if r.columns["category"] == "math":
+            a, op, b = r.prompt.removeprefix("What is ").removesuffix("?").split()
+            assert int(r.columns["answer"]) == {"+": int(a) + int(b), "-": int(a) - int(b)}[op]
+        else:
+            assert "answer" not in r.columns
+    chat = [{r.prompt for r in rows if r.columns["category"] != "math"} for rows in (train, held_out)]
+    assert len(chat[0]) == 18 and not chat[0] & chat[1]  # 10 topics + 4 benign + 4 harmful tasks each
+
+
+def test_a_grpo_run_sends_a_categorised_reward_only_its_rows(tmp_path):
+    """Through the CLI on builtin:chat: the reward routed to `math` sees arithmetic rows only (it
+    records what it was given), training and held-out alike; the rule sees every row."""
+    seen = tmp_path / "seen.jsonl"
+    probe = tmp_path / "probe.py"
+    probe.write_text("import json\n"
+                     "def record(prompts, completions, category, answer, **_):\n"
+                     f"    with open({str(seen)!r}, 'a') as f:\n"
+                     "        f.write(json.dumps({'category': category, 'answer': answer}) + '\\n')\n"
+                     "    return [0.0] * len(completions)\n")
+    small = ["policy.name=tiny", "ray.enabled=false", "train.steps=2", "data.source=builtin:chat",
+             "data.num_prompts=40", "data.eval_prompts=10", "algorithm.prompts_per_step=4", "algorithm.group_size=2",
+             "rollout.sampling.max_new_tokens=4", "log.progress=false", "log.tensorboard=false", "train.threads=1",
+             f"rewards=[{{name: '{probe}:record', categories: [math]}}, {{name: refusal}}]",
+             f"train.output_dir={tmp_path / 'run'}"]
+    assert main(["grpo", "recipes/demo/grpo_stage1.yaml", *small]) == 0
+    calls = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert calls and all(set(c["category"]) == {"math"} and None not in c["answer"] for c in calls)
+    end = json.loads((tmp_path / "run" / "eval.json").read_text())["end"]
+    assert end["eval/record"] == 0.0 and "eval/refusal" in end

@@ -42,3 +42,17 @@ def test_demo_pipeline_stages_read_the_checkpoints_it_trains(tmp_path):
     assert stage2.policy.name == stage2.reference == f"{tmp_path}/grpo_stage1/final"
     assert stages["compare"][1].reward_model == f"{tmp_path}/rm_helpful/final"
     assert stages["compare"][0].checkpoints == [f"{tmp_path}/{s}/final" for s in ("sft", "grpo_stage1", "grpo_stage2")]
+
+
+def test_demo_stage2_scores_chat_with_the_rms_and_arithmetic_by_ground_truth():
+    """The shipped stage 2 routes by category (the demo RMs never saw arithmetic); a reward routed to
+    categories the data lacks fails before anything loads."""
+    from train.recipe import RecipeError
+
+    path = Path(__file__).resolve().parents[1] / "recipes/demo/grpo_stage2.yaml"
+    stage2 = load_recipe(path, GRPORecipe)
+    routes = {r.label: (r.weight, r.categories) for r in stage2.rewards}
+    assert routes == {"rm_helpful": (0.5, ["benign", "harmful"]), "rm_safety": (0.5, ["benign", "harmful"]),
+                      "rule": (0.5, None), "math_accuracy": (1.0, ["math"])}
+    with pytest.raises(RecipeError, match="rewards.rm_helpful: categories .* need a 'category' column"):
+        preflight(load_recipe(path, GRPORecipe, ["data.source=builtin:arithmetic"]))

@@ -121,3 +121,43 @@ def test_bad_return_values_are_errors():
     with pytest.raises(RewardError, match="returned 1 values for 2 completions"):
         combine(("short", lambda prompts, completions, **kw: [1.0], 1.0))(prompts=["p", "p"], completions=["a", "b"])
     assert sys.modules["rewards.api"]  # the API module is importable on its own
+
+
+def test_categories_send_each_component_only_its_rows():
+    seen = {}
+
+    def rm(prompts, completions, category, answer, **kw):
+        seen.update(prompts=prompts, category=category, answer=answer)
+        return [10.0 * len(c) for c in completions]
+
+    from rewards.combine import RewardComponent
+
+    reward = combine(RewardComponent("rm", rm, 0.5, categories=("benign", "harmful")),
+                     RewardComponent("math", rewards.math_accuracy.math_accuracy, 2.0, categories=("math",)))
+    result = reward(prompts=["1+1?", "tell", "hurt", "2+2?"], completions=["2", "ab", "no", "5"],
+                    category=["math", "benign", "harmful", "math"], answer=["2", None, None, "4"])
+    # the RM sees rows 1 and 2 only, with their own columns; math scores rows 0 and 3
+    assert seen == {"prompts": ["tell", "hurt"], "category": ["benign", "harmful"], "answer": [None, None]}
+    assert result.components == {"rm": [None, 20.0, 20.0, None], "math": [1.0, None, None, 0.0]}
+    assert result.total == [2.0, 10.0, 10.0, 0.0]  # 2*1 ; 0.5*20 ; 0.5*20 ; 2*0
+
+
+def test_categories_need_a_category_column_and_errors_name_the_batch_sample():
+    from rewards.combine import RewardComponent
+
+    only = combine(RewardComponent("flaky", flaky_reward, 1.0, categories=("benign",)))
+    with pytest.raises(RewardError, match="reward 'flaky' scores only categories \\['benign'\\], but the data has no "
+                                          "'category' column \\(columns: answer\\)"):
+        only(prompts=["p"], completions=["a"], answer=["1"])
+    with pytest.raises(RewardError, match="reward 'flaky' failed on sample 3: ValueError: cannot score boom"):
+        only(prompts=["p"] * 4, completions=["a", "boom", "b", "boom"], category=["benign", "math", "benign", "benign"])
+    assert only(prompts=["p"], completions=["boom"], category=["math"]).components == {"flaky": [None]}  # not sent
+
+
+def test_reward_spec_categories_are_checked():
+    from rewards.config import RewardSpec
+
+    assert RewardSpec(categories=["math"]).categories == ["math"]
+    for bad in (["sports"], []):
+        with pytest.raises(ValueError, match="categories must be a non-empty list of"):
+            RewardSpec(alias="rm", categories=bad)

@@ -68,3 +68,24 @@ def test_pipeline_over_two_seeds_reports_the_spread(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Over 2 seeds (0, 1)" in out and "| rl vs sft | math |" in out
     assert (tmp_path / "runs" / "seeds.md").read_text() in out
+
+
+def test_grpo_over_two_seeds_is_a_one_stage_pipeline(tmp_path, capsys):
+    """`deepalign grpo RECIPE --seeds N`: each seed in TRAIN.OUTPUT_DIR/seed<s>/<recipe name>, the same
+    start (the stage's policy), its own sampling; the summary is those runs' eval.json."""
+    small = ["policy.name=tiny", "ray.enabled=false", "train.steps=1", "data.num_prompts=8", "data.eval_prompts=3",
+             "algorithm.prompts_per_step=2", "algorithm.group_size=2", "rollout.sampling.max_new_tokens=4",
+             "log.progress=false", "log.tensorboard=false", "train.threads=1"]
+    out = tmp_path / "arith"
+    assert main(["grpo", "recipes/demo/grpo_stage1.yaml", "--seeds", "2", *small, f"train.output_dir={out}"]) == 0
+    runs = [out / f"seed{s}" / "grpo_stage1" for s in (0, 1)]
+    w0, w1 = (load_file(str(r / "final" / "model.safetensors")) for r in runs)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # each seed samples and trains on its own
+    histories = [json.loads((r / "eval.json").read_text()) for r in runs]
+    assert histories[0]["start"] == histories[1]["start"]  # one starting policy
+    summary = json.loads((out / "seeds.json").read_text())
+    row = next(r for r in summary["grpo"] if r["metric"] == "eval/math_accuracy")
+    assert row["stage"] == "grpo_stage1" and summary["compare"] == []
+    assert row["end"]["seeds"] == [h["end"]["eval/math_accuracy"] for h in histories]
+    assert "| grpo_stage1 | eval/math_accuracy |" in capsys.readouterr().out
+
