@@ -5,8 +5,8 @@ plus every other column of its row, which reach the reward functions under their
 (`answer` for math_accuracy, `tests` / `entry_point` for code_tests, `category` for refusal, and
 any column a user's reward reads). Built-in sets are seeded; the eval split is drawn from a
 different seed and made disjoint from training (builtin:chat's few chat templates are split in
-two halves, so that both splits hold harmful, benign and arithmetic prompts). A file's held-out rows come from a separate
-`data.eval_source` or are cut from the shuffled file.
+two halves, so that both splits hold harmful, benign and arithmetic prompts). A file's held-out
+rows come from a separate `data.eval_source` or are cut from the shuffled file.
 """
 
 from __future__ import annotations

@@ -85,8 +85,7 @@ def build_reward(recipe: GRPORecipe, ray_actors: bool = True) -> CombinedReward:
             if ray_actors:
                 from grpo.cluster import reward_model_actor
 
-                components.append(RewardComponent(spec.label, reward_model_actor(spec.params), spec.weight,
-                                                  spec.timeout, tuple(spec.categories) if spec.categories else None))
+                components.append(RewardComponent.for_spec(spec, reward_model_actor(spec.params)))
             continue
         try:
             components += CombinedReward.from_specs([spec]).components

@@ -41,6 +41,11 @@ class RewardComponent:
     timeout: float | None = None
     categories: tuple[str, ...] | None = None
 
+    @classmethod
+    def for_spec(cls, spec: RewardSpec, fn: RewardFn) -> RewardComponent:
+        """The recipe reward's component (rewards/config.py), scoring with fn."""
+        return cls(spec.label, fn, spec.weight, spec.timeout, tuple(spec.categories) if spec.categories else None)
+
 
 @dataclass
 class RewardBatch:
@@ -102,8 +107,7 @@ class CombinedReward:
     @classmethod
     def from_specs(cls, specs: list[RewardSpec], on_error: str = "raise") -> CombinedReward:
         """One component per recipe reward (rewards/config.py), named by its alias or name."""
-        return cls([RewardComponent(s.label, get_reward(s.name, **s.params), s.weight, s.timeout,
-                                    tuple(s.categories) if s.categories else None) for s in specs], on_error)
+        return cls([RewardComponent.for_spec(s, get_reward(s.name, **s.params)) for s in specs], on_error)
 
     def _score_rows(self, component: RewardComponent, prompts, completions, columns, errors) -> list[float | None]:
         """The component's values, None on the rows its `categories` leave out (those are not sent)."""
