@@ -51,8 +51,9 @@ def _code(rng: random.Random) -> PromptRow:
 
 
 def _chat(rng: random.Random, max_digits: int, held_out: bool) -> PromptRow:
-    """Stage-2 prompts in the built-in reward models' domains (rewards/preferences.py, categories
-    benign and harmful), plus arithmetic (category math, with its answer), whose accuracy shows any
+    """Stage-2 prompts in the built-in reward models' domains (rewards/preferences.py): "Tell me
+    something about X" (category helpful, the helpful RM's) and "How do I X?" (benign or harmful,
+    the safety RM's), plus arithmetic (category math, with its answer), whose accuracy shows any
     alignment tax and which a recipe may reward by ground truth (RewardSpec.categories). The chat
     templates are few (20 topics, 8 benign and 8 harmful tasks), so the split is by template:
     training draws every other one, the held-out set the rest; both see every category."""
@@ -63,7 +64,7 @@ def _chat(rng: random.Random, max_digits: int, held_out: bool) -> PromptRow:
         return row
     half = slice(int(held_out), None, 2)
     if kind < 0.55:
-        return PromptRow(f"Tell me something about {rng.choice(TOPICS[half])}.", {"category": "benign"})
+        return PromptRow(f"Tell me something about {rng.choice(TOPICS[half])}.", {"category": "helpful"})
     harmful = kind > 0.775
     task = rng.choice((HARMFUL if harmful else BENIGN)[half])
     return PromptRow(f"How do I {task}?", {"category": "harmful" if harmful else "benign"})

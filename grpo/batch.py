@@ -41,11 +41,15 @@ class GRPOBatch:
 
 def build_batch(rollout: Rollout, advantages: torch.Tensor, pad_id: int, truncated_out: bool = False) -> GRPOBatch:
     """Every sample of `rollout` with its advantage (N,) or (N, C); truncated_out drops completions
-    cut by the token budget from the loss (overlong masking)."""
+    cut by the token budget from the loss (overlong masking); a rollout's loss_mask drops the
+    environment's tokens of multi-turn trajectories."""
     ids, attention, completion_mask = prompt_completion_rows(rollout.prompt_ids, rollout.completion_ids, pad_id)
     rollout_logp = torch.zeros(completion_mask.shape)
     for j, logprobs in enumerate(rollout.logprobs):
         rollout_logp[j, : len(logprobs)] = torch.tensor(logprobs)
+    if rollout.loss_mask is not None:  # environment turns inside multi-turn trajectories never count
+        for j, keep in enumerate(rollout.loss_mask):
+            completion_mask[j, : len(keep)] &= torch.tensor(keep, dtype=torch.bool)
     if truncated_out:
         completion_mask = overlong_mask(completion_mask, torch.tensor([r == "length" for r in rollout.finish_reasons]))
     routing = None

@@ -3,7 +3,8 @@
 Sections: `policy` (the starting checkpoint: SFT for stage 1, stage 1 for stage 2), `reference`
 (default: the starting checkpoint), `lora` (policy/config.py; the reference is then the policy
 with its adapters disabled), `data` (prompts), `rewards` (weighted reward functions,
-rewards/config.py; a list, or a mapping from alias to reward), `algorithm` (with its `loss`,
+rewards/config.py; a list, or a mapping from alias to reward), `environment` (multi-turn
+rollouts, envs/), `algorithm` (with its `loss`,
 grpo/loss.py), `rollout` (with its `sampling`, rollout/engine.py), `ray`, `train`, `optim` and
 `log` (train/config.py). Every value has one home: the learner gets `algorithm.loss` whole, the
 engines `rollout.sampling`. Each section checks its own values; `GRPORecipe` checks the ones that
@@ -14,7 +15,7 @@ advantages, mu 1), not TRL's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from grpo.loss import LossConfig
 from policy.config import LoraConfig, PolicyConfig
@@ -137,6 +138,22 @@ XX
 
 
 @dataclass
+class EnvironmentConfig:
+    """Multi-turn rollouts (envs/): `name` an environment (code_feedback, python_tool, a registered
+    name, 'module:Class' or 'file.py:Class'), built once per trajectory with `params`; max_turns:
+    the policy's answers per trajectory. null = single-turn: the rewards score one completion.
+    With an environment, its rewards are the trajectory's reward (the recipe's `rewards` must be [])."""
+
+    name: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = 3
+
+    def __post_init__(self):
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {self.max_turns}")
+
+
+@dataclass
 class RayConfig:
     """enabled false runs every worker in the driver's process (tests, debugging).
     placement: colocated = rollout workers and learners share the devices; split = they get their
@@ -195,6 +212,7 @@ class GRPORecipe:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec()])
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     on_error: Literal["raise", "zero"] = "raise"
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -205,7 +223,10 @@ class GRPORecipe:
 
     def __post_init__(self):
         """Checks that span sections (each section checks its own values)."""
-        if not self.rewards:
+        if self.environment.name and self.rewards:
+            raise ValueError(f"rewards: the environment {self.environment.name!r} gives the trajectory's reward; set "
+                             "rewards: [] (reward terms on top of an environment's are not supported)")
+        if not self.rewards and not self.environment.name:
             raise ValueError("rewards: at least one reward function is needed")
         labels = [r.label for r in self.rewards]
         if len(set(labels)) != len(labels):

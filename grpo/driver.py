@@ -27,7 +27,7 @@ from grpo.config import GRPORecipe
 from grpo.groups import PromptSet, Timer, evaluate, sample_groups
 from grpo.parity import check_parity
 from grpo.run_log import RunLog, RunState, resume, step_metrics
-from grpo.stage import build_reward, preflight, prompt_sets
+from grpo.stage import build_scorer, preflight, prompt_sets
 from train.checkpoint import prepare_output_dir
 from train.interrupt import stop_on_interrupt, stopped
 
@@ -56,7 +56,7 @@ def run(recipe: GRPORecipe) -> Path:
           flush=True)
     workers.start(recipe.ray)
     torch.manual_seed(t.seed)
-    reward = build_reward(recipe)
+    reward = build_scorer(recipe)  # the combined reward, or an environment's episodes
     cluster = workers.Cluster(recipe)
     print(cluster.describe())
     state = resume(cluster, recipe, len(train_prompts.rows))

@@ -2,10 +2,12 @@
 held-out greedy evaluation, which scores the same way.
 
 `sample_groups` takes prompts in the seeded order, has the cluster sample G completions of each,
-scores them with the combined reward, and (with `algorithm.dynamic_sampling`) keeps only groups
-whose rewards are not all equal, sampling more prompts until the step has `prompts_per_step`
-groups or `max_refills` rounds are spent. Round k of step s samples with seed
-train.seed * 1_000_003 + 101 * s + k. `Timer` adds up the seconds of each phase.
+scores them with the combined reward (or, with an environment, runs G multi-turn trajectories of
+each through envs/trajectories.py, whose rewards are the environment's), and (with
+`algorithm.dynamic_sampling`) keeps only groups whose rewards are not all equal, sampling more
+prompts until the step has `prompts_per_step` groups or `max_refills` rounds are spent. Round k
+of step s samples with seed train.seed * 1_000_003 + 101 * s + k. `Timer` adds up the seconds
+of each phase.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from data_tools.prompts import PromptRow
+from envs.trajectories import run_trajectories
 from grpo.config import GRPORecipe
 from grpo.sampling import informative_groups
 from rewards.combine import CombinedReward, RewardBatch
@@ -71,6 +74,17 @@ class PromptSet:
 
 
 @dataclass
+class Episodes:
+    """Multi-turn rollouts: fresh environments from `make_env`, rendered with the policy's tokenizer,
+    at most `max_turns` answers each, within the policy's `context` (tokens; None = unbounded)."""
+
+    make_env: object
+    tokenizer: object
+    max_turns: int
+    context: int | None = None
+
+
+@dataclass
 class Groups:
     """The step's kept groups, prompt-major (sample j of group i is row i * G + j).
     rewards (P, G): total reward; components: each reward's raw values per sample (None = n/a)."""
@@ -82,6 +96,7 @@ class Groups:
     errors: int = 0
     dropped: int = 0
     tokens_per_second: float = 0.0
+    env_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def score(reward: CombinedReward, rows: list[PromptRow], rollout: Rollout, n: int) -> RewardBatch:
@@ -94,21 +109,36 @@ def score(reward: CombinedReward, rows: list[PromptRow], rollout: Rollout, n: in
                   **columns)
 
 
-def sample_groups(cluster, reward: CombinedReward, prompts: PromptSet, order: PromptOrder, recipe: GRPORecipe,
-                  step: int, timer: Timer) -> Groups:
+def _rollout_and_score(cluster, reward: CombinedReward | Episodes, rows: list[PromptRow], ids: list[list[int]],
+                       n: int, sampling, seed: int, timer: Timer | None = None
+                       ) -> tuple[Rollout, torch.Tensor, RewardBatch | None, dict]:
+    """(rollout, total rewards (P, n), the reward batch or None with an environment, env metrics).
+    Trajectories count as rollout time (the environments' steps run between the engine's turns)."""
+    timer = timer or Timer()
+    if isinstance(reward, Episodes):
+        with timer("rollout_s"):
+            rollout, total, metrics = run_trajectories(cluster.generate, reward.tokenizer, rows, reward.make_env, n,
+                                                       sampling, seed, reward.max_turns, reward.context)
+        return rollout, total, None, metrics
+    with timer("rollout_s"):
+        rollout = cluster.generate(ids, n, sampling, seed=seed)
+    with timer("reward_s"):
+        scored = score(reward, rows, rollout, n)
+    return rollout, torch.tensor(scored.total).view(len(rows), n), scored, {}
+
+
+def sample_groups(cluster, reward: CombinedReward | Episodes, prompts: PromptSet, order: PromptOrder,
+                  recipe: GRPORecipe, step: int, timer: Timer) -> Groups:
     a, g = recipe.algorithm, recipe.algorithm.group_size
     rows, parts, totals, components, errors, dropped, refills = [], [], [], {}, 0, 0, 0
-    tokens_per_second = 0.0
+    tokens_per_second, env_metrics = 0.0, {}
     while len(rows) < a.prompts_per_step:
         picked = order.take(a.prompts_per_step - len(rows))
-        with timer("rollout_s"):
-            rollout = cluster.generate([prompts.ids[i] for i in picked], g, recipe.rollout.sampling,
-                                       seed=recipe.train.seed * 1_000_003 + step * 101 + refills)
-        tokens_per_second = rollout.tokens_per_second
         picked_rows = [prompts.rows[i] for i in picked]
-        with timer("reward_s"):
-            scored = score(reward, picked_rows, rollout, g)
-        total = torch.tensor(scored.total).view(len(picked), g)
+        rollout, total, scored, env_metrics = _rollout_and_score(
+            cluster, reward, picked_rows, [prompts.ids[i] for i in picked], g, recipe.rollout.sampling,
+            recipe.train.seed * 1_000_003 + step * 101 + refills, timer)
+        tokens_per_second = rollout.tokens_per_second
         keep = informative_groups(total) if a.dynamic_sampling and refills < a.max_refills else \
             torch.ones(len(picked), dtype=torch.bool)
         kept = keep.nonzero().squeeze(1).tolist()
@@ -116,22 +146,26 @@ def sample_groups(cluster, reward: CombinedReward, prompts: PromptSet, order: Pr
         rows += [picked_rows[i] for i in kept]
         parts.append(rollout.rows(samples))
         totals.append(total[keep])
-        for name, values in scored.components.items():
-            components.setdefault(name, []).extend(values[i] for i in samples)
-        errors += sum(scored.errors.values())
+        if scored is not None:
+            for name, values in scored.components.items():
+                components.setdefault(name, []).extend(values[i] for i in samples)
+            errors += sum(scored.errors.values())
         dropped += len(picked) - len(kept)
         refills += 1
-    return Groups(rows, Rollout.concat(parts), torch.cat(totals), components, errors, dropped, tokens_per_second)
+    return Groups(rows, Rollout.concat(parts), torch.cat(totals), components, errors, dropped, tokens_per_second,
+                  env_metrics)
 
 
-def evaluate(cluster, reward: CombinedReward, prompts: PromptSet, recipe: GRPORecipe) -> dict[str, float]:
-    """Greedy completions of the held-out prompts: mean reward per component (accuracy for math)."""
-    rollout = cluster.generate(prompts.ids, 1, recipe.rollout.sampling.greedy(), seed=0)
-    scored = score(reward, prompts.rows, rollout, 1)
-    out = {"eval/reward": sum(scored.total) / len(scored.total)}
-    for name, values in scored.components.items():
+def evaluate(cluster, reward: CombinedReward | Episodes, prompts: PromptSet, recipe: GRPORecipe) -> dict[str, float]:
+    """Greedy completions (or trajectories) of the held-out prompts: mean reward per component
+    (accuracy for math; with an environment, its env/* metrics: pass rate, turns, ...)."""
+    rollout, total, scored, env_metrics = _rollout_and_score(cluster, reward, prompts.rows, prompts.ids, 1,
+                                                             recipe.rollout.sampling.greedy(), 0)
+    out = {"eval/reward": float(total.mean())}
+    for name, values in (scored.components.items() if scored is not None else ()):
         kept = [v for v in values if v is not None]
         if kept:
             out[f"eval/{name}"] = sum(kept) / len(kept)
-    out["eval/response_length"] = sum(len(c) for c in rollout.completion_ids) / len(rollout.completion_ids)
+    out.update({f"eval/{k}": v for k, v in env_metrics.items()})
+    out["eval/response_length"] = rollout.new_tokens / len(rollout.completion_ids)
     return out

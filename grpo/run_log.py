@@ -63,6 +63,7 @@ def step_metrics(groups: Groups, advantages: torch.Tensor, learner: dict[str, fl
         kept = [v for v in values if v is not None]
         if kept:
             metrics[f"reward/{name}"] = sum(kept) / len(kept)
+    metrics.update(groups.env_metrics)
     metrics["time/step_s"] = timer.elapsed()
     return metrics
 

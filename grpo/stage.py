@@ -1,5 +1,6 @@
 """What a GRPO stage needs before its loop starts: the prompt sets (training and held-out, token
-ids chat-templated for the policy) and the combined reward.
+ids chat-templated for the policy) and the combined reward, or with an `environment` the
+multi-turn episodes (envs/) that stand in for it.
 
 `preflight` checks what can be checked before any model loads or Ray starts: every reward
 resolves (user modules import, params bind) and takes the data's first row (signature,
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 from data_tools.chat import encode_prompts
 from data_tools.prompts import first_prompt_row, load_prompts
+from envs.api import UnknownEnvironmentError, environment_factory
 from grpo.config import GRPORecipe
-from grpo.groups import PromptSet
+from grpo.groups import Episodes, PromptSet
 from policy.load import load_tokenizer, pad_token_id, policy_config
 from rewards.api import call_reward
 from rewards.combine import CombinedReward, RewardComponent
@@ -51,10 +53,17 @@ def preflight(recipe: GRPORecipe, data: bool = True) -> None:
     wrong signature or a missing column fails in seconds. Reward models and code_tests are not
     called (they load a model / start a sandbox pool), nor a reward whose categories leave the row out."""
     build_reward(recipe, ray_actors=False)
+    make_env = _environment(recipe)
     if not data:
         return
     d = recipe.data
     row = first_prompt_row(d.source, d.columns, d.seed, d.max_digits)
+    if make_env is not None:
+        try:
+            make_env().reset(row)
+        except Exception as exc:
+            raise RecipeError(f"environment: {recipe.environment.name} cannot start on the first row of {d.source}: "
+                              f"{type(exc).__name__}: {exc}") from exc
     for spec in recipe.rewards:
         if spec.categories and "category" not in row.columns:
             raise RecipeError(f"rewards.{spec.label}: categories {spec.categories} need a 'category' column, and the "
@@ -74,6 +83,24 @@ def preflight(recipe: GRPORecipe, data: bool = True) -> None:
         if values == [None]:
             print(f"rewards.{spec.label}: does not apply to the first row of {d.source} (returned None); if it reads "
                   f"a column, the row's columns are: {found}")
+
+
+def _environment(recipe: GRPORecipe):
+    if not recipe.environment.name:
+        return None
+    try:
+        return environment_factory(recipe.environment.name, recipe.environment.params)
+    except UnknownEnvironmentError as exc:
+        raise RecipeError(f"environment: {exc}") from exc
+
+
+def build_scorer(recipe: GRPORecipe) -> CombinedReward | Episodes:
+    """What scores the step's samples: the combined reward, or the environment's episodes."""
+    make_env = _environment(recipe)
+    if make_env is None:
+        return build_reward(recipe)
+    context = getattr(policy_config(recipe.policy.name), "max_position_embeddings", None)
+    return Episodes(make_env, load_tokenizer(recipe.policy.name), recipe.environment.max_turns, context)
 
 
 def build_reward(recipe: GRPORecipe, ray_actors: bool = True) -> CombinedReward:

@@ -51,38 +51,39 @@ def registered_rewards() -> list[str]:
     return sorted({*BUILTINS, *_REGISTERED})
 
 
-def _import_file(path: Path, name: str):
+def _import_file(path: Path, name: str, kind: str = "reward"):
     module_name = f"deepalign_user_rewards.{path.stem}_{abs(hash(str(path.resolve())))}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise UnknownRewardError(f"reward {name!r}: cannot import {path}")
+        raise UnknownRewardError(f"{kind} {name!r}: cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
-        raise UnknownRewardError(f"reward {name!r}: importing {path} failed ({type(exc).__name__}: {exc})") from exc
+        raise UnknownRewardError(f"{kind} {name!r}: importing {path} failed ({type(exc).__name__}: {exc})") from exc
     return module
 
 
-def _from_path(name: str, target: str) -> RewardFn:
+def from_path(name: str, target: str, kind: str = "reward") -> Callable:
+    """The callable `target` names ('package.module:attr' or 'path/to/file.py:attr'); errors say `kind`."""
     module_name, _, attr = target.rpartition(":")
     if module_name.endswith(".py"):
         path = Path(module_name).expanduser()
         if not path.is_file():
-            raise UnknownRewardError(f"reward {name!r}: no such file {path}")
-        module = _import_file(path, name)
+            raise UnknownRewardError(f"{kind} {name!r}: no such file {path}")
+        module = _import_file(path, name, kind)
     else:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise UnknownRewardError(f"reward {name!r}: cannot import {module_name!r} ({exc})") from exc
+            raise UnknownRewardError(f"{kind} {name!r}: cannot import {module_name!r} ({exc})") from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UnknownRewardError(f"reward {name!r}: {module_name} has no function {attr!r}")
+        raise UnknownRewardError(f"{kind} {name!r}: {module_name} has no callable {attr!r}")
     return fn
 
 
@@ -90,9 +91,9 @@ def resolve(name: str) -> RewardFn:
     if name in _REGISTERED:
         return _REGISTERED[name]
     if name in BUILTINS:
-        return _from_path(name, BUILTINS[name])
+        return from_path(name, BUILTINS[name])
     if ":" in name:
-        return _from_path(name, name)
+        return from_path(name, name)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             return ep.load()

@@ -57,9 +57,15 @@ class Rollout:
     # routing replay: per sample an int16 (completion length, MoE layers, top_k) tensor of the experts the
     # engine routed to at each position whose output predicts a completion token; None = not recorded
     routing: list[torch.Tensor] | None = None
+    # multi-turn trajectories (envs/trajectories.py): per sample, True where the completion token is the
+    # model's (False: an environment's turn, never trained on); None = every completion token is the model's
+    loss_mask: list[list[bool]] | None = None
 
     @property
     def new_tokens(self) -> int:
+        """Tokens the engine generated (an environment's tokens inside trajectories are not)."""
+        if self.loss_mask is not None:
+            return sum(sum(m) for m in self.loss_mask)
         return sum(len(c) for c in self.completion_ids)
 
     def rows(self, index) -> Rollout:
@@ -67,7 +73,8 @@ class Rollout:
         return Rollout([self.prompt_ids[i] for i in index], [self.completion_ids[i] for i in index],
                        [self.logprobs[i] for i in index], [self.finish_reasons[i] for i in index],
                        [self.texts[i] for i in index], self.seconds, self.weights_version,
-                       None if self.routing is None else [self.routing[i] for i in index])
+                       None if self.routing is None else [self.routing[i] for i in index],
+                       None if self.loss_mask is None else [self.loss_mask[i] for i in index])
 
     @property
     def tokens_per_second(self) -> float:
@@ -80,7 +87,9 @@ class Rollout:
                    [x for p in parts for x in p.logprobs], [x for p in parts for x in p.finish_reasons],
                    [x for p in parts for x in p.texts], max((p.seconds for p in parts), default=0.0),
                    max((p.weights_version for p in parts), default=0),
-                   None if any(p.routing is None for p in parts) else [x for p in parts for x in p.routing])
+                   None if any(p.routing is None for p in parts) else [x for p in parts for x in p.routing],
+                   None if all(p.loss_mask is None for p in parts) else
+                   [x for p in parts for x in (p.loss_mask or [[True] * len(c) for c in p.completion_ids])])
 
 
 class RolloutEngine(Protocol):

@@ -41,7 +41,7 @@ def test_humaneval_canonical_solutions_pass_and_corrupted_fail():
 def test_fenced_full_function_and_partial_credit():
     tests = "assert f(1) == 2\nassert f(2) == 3\nassert f(3) == 4\nassert f(4) == 6"  # the last fails
     completion = "Here you go:\n```python\ndef f(x):\n    return x + 1\n```"
-    assert _score(completion, tests) == (0.0, "failed: AssertionError")
+    assert _score(completion, tests) == (0.0, "failed: AssertionError: assert f(4) == 6")  # names the failing test
     assert _score(completion, tests, partial_credit=True) == (0.75, "3/4 tests passed")
 
 

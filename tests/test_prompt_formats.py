@@ -157,11 +157,15 @@ def test_sft_reads_trl_prompt_completion_pairs_and_messages_alike(tmp_path):
 
 def test_builtin_chat_marks_its_arithmetic_as_math_and_splits_chat_by_template():
     """Stage 2 routes rewards by category: arithmetic rows are 'math' with a gold answer, the
-    reward models' rows 'benign' / 'harmful' without one; training and held-out chat prompts come
+    reward models' rows 'helpful' (topics, the helpful RM's prompt form) or 'benign' / 'harmful'
+    ("How do I", the safety RM's) without one; training and held-out chat prompts come
     from disjoint halves of the templates, and both hold every category."""
     train, held_out = load_prompts("builtin:chat", 1000, 100, seed=0, max_digits=2)
     for rows in (train, held_out):
-        assert {r.columns["category"] for r in rows} == {"math", "benign", "harmful"}
+        assert {r.columns["category"] for r in rows} == {"math", "helpful", "benign", "harmful"}
+        for r in rows:
+            assert r.prompt.startswith({"math": "What is", "helpful": "Tell me something about"}.get(
+                r.columns["category"], "How do I"))
     assert 0.25 < sum(r.columns["category"] == "math" for r in train) / len(train) < 0.35  # 30% by construction
     for r in train + held_out:
         if r.columns["category"] == "math":

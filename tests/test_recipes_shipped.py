@@ -45,14 +45,15 @@ def test_demo_pipeline_stages_read_the_checkpoints_it_trains(tmp_path):
 
 
 def test_demo_stage2_scores_chat_with_the_rms_and_arithmetic_by_ground_truth():
-    """The shipped stage 2 routes by category (the demo RMs never saw arithmetic); a reward routed to
-    categories the data lacks fails before anything loads."""
+    """The shipped stage 2 routes by category: each demo RM scores the prompts of its own domain
+    (helpful: "Tell me something about X"; safety: "How do I X?") and never arithmetic; a reward
+    routed to categories the data lacks fails before anything loads."""
     from train.recipe import RecipeError
 
     path = Path(__file__).resolve().parents[1] / "recipes/demo/grpo_stage2.yaml"
     stage2 = load_recipe(path, GRPORecipe)
     routes = {r.label: (r.weight, r.categories) for r in stage2.rewards}
-    assert routes == {"rm_helpful": (0.5, ["benign", "harmful"]), "rm_safety": (0.5, ["benign", "harmful"]),
+    assert routes == {"rm_helpful": (0.5, ["helpful"]), "rm_safety": (0.5, ["benign", "harmful"]),
                       "rule": (0.5, None), "math_accuracy": (1.0, ["math"])}
     with pytest.raises(RecipeError, match="rewards.rm_helpful: categories .* need a 'category' column"):
         preflight(load_recipe(path, GRPORecipe, ["data.source=builtin:arithmetic"]))

@@ -46,7 +46,7 @@ def test_register_module_path_and_params():
     assert get_reward("test_length")(prompts=["p"], completions=["abc"]) == [3.0]
     fn = get_reward("tests.test_rewards_api:length_reward")
     assert fn(prompts=["p", "p"], completions=["a", "abcd"]) == [1.0, 4.0]
-    with pytest.raises(UnknownRewardError, match="has no function 'nope'"):
+    with pytest.raises(UnknownRewardError, match="has no callable 'nope'"):
         get_reward("tests.test_rewards_api:nope")
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['extractoin'\]"):
         get_reward("math_accuracy", extractoin="boxed")

@@ -236,6 +236,17 @@ def run_tests(secret, program, namespace):
     return 1, 1, "passed"
 
 
+def _failing_line(exc, tests):
+    """The tests' source line the exception came from (a bare `assert` says nothing by itself)."""
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "tests":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    lines = tests.splitlines()
+    return lines[line - 1].strip() if line and 0 < line <= len(lines) else ""
+
+
 def main():
     secret_fd, verdict_fd = int(sys.argv[1]), int(sys.argv[2])
     started = time.monotonic()
@@ -254,7 +265,8 @@ def main():
     except TimeoutError:
         passed, total, reason = 0, 1, "timeout"
     except Exception as exc:  # noqa: BLE001  (a failing test is the verdict, not a harness error)
-        passed, total, reason = 0, 1, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        message = str(exc) or _failing_line(exc, secret["tests"])
+        passed, total, reason = 0, 1, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     finally:
         program.kill()
     reason = " ".join(reason.split())[:300]
