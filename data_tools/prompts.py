@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from data_tools.synthetic import BENIGN, HARMFUL, HELD_OUT_SEED, TOPICS, arithmetic_problem, word_problem
 from train.recipe import RecipeError
 
-BUILTINS = ("builtin:arithmetic", "builtin:word", "builtin:code", "builtin:chat")
+BUILTINS = ("builtin:arithmetic", "builtin:word", "builtin:code", "builtin:functions", "builtin:chat")
 
 
 @dataclass
@@ -50,6 +50,26 @@ def _code(rng: random.Random) -> PromptRow:
                      {"tests": tests, "entry_point": name})
 
 
+# builtin:functions: one-line integer functions with a constant k (1..20), so the held-out split
+# holds (function, k) pairs never trained on; tests probe x in TEST_XS
+_FUNCTIONS = [
+    ("add_{k}", "x plus {k}", lambda x, k: x + k),
+    ("subtract_{k}", "x minus {k}", lambda x, k: x - k),
+    ("times_{k}", "x times {k}", lambda x, k: x * k),
+    ("mod_{k}", "the remainder of x divided by {k}", lambda x, k: x % k),
+    ("above_{k}", "True when x is greater than {k}, else False", lambda x, k: x > k),
+]
+TEST_XS = (0, 7, -3, 25)
+
+
+def _function(rng: random.Random) -> PromptRow:
+    name, what, fn = rng.choice(_FUNCTIONS)
+    k = rng.randint(1, 20)
+    name, what = name.format(k=k), what.format(k=k)
+    tests = "\n".join(f"assert {name}({x}) == {fn(x, k)!r}" for x in TEST_XS)
+    return PromptRow(f"Write a Python function {name}(x) that returns {what}.", {"tests": tests, "entry_point": name})
+
+
 def _chat(rng: random.Random, max_digits: int, held_out: bool) -> PromptRow:
     """Stage-2 prompts in the built-in reward models' domains (rewards/preferences.py): "Tell me
     something about X" (category helpful, the helpful RM's) and "How do I X?" (benign or harmful,
@@ -79,6 +99,8 @@ def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3, held_ou
         return [PromptRow(row["prompt"], {"answer": row["answer"]}) for row in (word_problem(rng) for _ in range(n))]
     if source == "builtin:code":
         return [_code(rng) for _ in range(n)]
+    if source == "builtin:functions":
+        return [_function(rng) for _ in range(n)]
     if source == "builtin:chat":
         return [_chat(rng, max_digits, held_out) for _ in range(n)]
     raise RecipeError(f"data.source: unknown built-in {source!r}; built-ins: {', '.join(BUILTINS)}")

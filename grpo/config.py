@@ -27,6 +27,7 @@ from train.config import LogConfig, OptimConfig
 @dataclass
 class PromptDataConfig:
     """source: builtin:arithmetic, builtin:word, builtin:code (tiny Python tasks with tests),
+    builtin:functions (one-line Python functions of x with a constant, 100 distinct, with tests),
     builtin:chat (arithmetic plus helpful / harmful requests, for stage 2) or a JSONL / Parquet /
     saved-datasets file in TRL's prompt-only formats: `prompt` a string or a list of messages,
     every other column passed to rewards under its own name.

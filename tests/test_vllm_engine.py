@@ -72,6 +72,30 @@ def test_engine_logprobs_equal_the_learners(engine, temperature):
     assert diff.max() < 2e-4, (name, float(diff.max()))
 
 
+def test_vllm_drives_a_multi_turn_environment_token_in_token_out(engine):
+    """The trajectory runner over vLLM: every turn after the first is fed exactly the ids so far
+    (prompt, vLLM's own answer ids, the rendered environment turn), and re-scoring the whole
+    trajectory with our model gives vLLM's log-probs at every model token."""
+    import string
+
+    from data_tools.prompts import PromptRow
+    from envs.trajectories import run_trajectories
+    from tests.test_environments import Countdown
+
+    name, eng = engine
+    model, tokenizer = load_policy(name)
+    sampling = SamplingConfig(max_new_tokens=10, stop=list(string.ascii_lowercase))
+    rollout, _, metrics = run_trajectories(eng.generate, tokenizer, [PromptRow("What is 2 + 2?", {})] * 2,
+                                           lambda: Countdown(3), 2, sampling, seed=5, max_turns=3)
+    assert metrics["env/turns"] > 1.0 and metrics["env/model_token_fraction"] < 1.0
+    for prompt, ids, mask, logp in zip(rollout.prompt_ids, rollout.completion_ids, rollout.loss_mask,
+                                       rollout.logprobs, strict=True):
+        scored = sequence_logprobs(model, prompt + ids)[len(prompt) - 1:]
+        model_tokens = [k for k, m in enumerate(mask) if m]
+        diff = max(abs(scored[k] - logp[k]) for k in model_tokens)
+        assert diff < 2e-4, (name, diff)
+
+
 def test_a_perturbed_weight_sync_lands_and_a_skipped_one_is_caught(engine):
     name, eng = engine
     model, tokenizer = load_policy(name)
