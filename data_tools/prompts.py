@@ -51,7 +51,8 @@ def _code(rng: random.Random) -> PromptRow:
 
 
 # builtin:functions: one-line integer functions with a constant k (1..20), so the held-out split
-# holds (function, k) pairs never trained on; tests probe x in TEST_XS
+# holds (function, k) pairs never trained on; tests probe x in TEST_XS and at k and k + 1 (where a
+# program off by one in k fails)
 _FUNCTIONS = [
     ("add_{k}", "x plus {k}", lambda x, k: x + k),
     ("subtract_{k}", "x minus {k}", lambda x, k: x - k),
@@ -66,7 +67,7 @@ def _function(rng: random.Random) -> PromptRow:
     name, what, fn = rng.choice(_FUNCTIONS)
     k = rng.randint(1, 20)
     name, what = name.format(k=k), what.format(k=k)
-    tests = "\n".join(f"assert {name}({x}) == {fn(x, k)!r}" for x in TEST_XS)
+    tests = "\n".join(f"assert {name}({x}) == {fn(x, k)!r}" for x in (*TEST_XS, k, k + 1))
     return PromptRow(f"Write a Python function {name}(x) that returns {what}.", {"tests": tests, "entry_point": name})
 
 

@@ -154,9 +154,10 @@ def _advance(trajs: list[Trajectory], out: Rollout, tokenizer, max_turns: int, r
 
 def run_trajectories(generate: Generate, tokenizer, rows: list, make_env: Callable[[], Environment], group_size: int,
                      sampling: SamplingConfig, seed: int, max_turns: int, context: int | None = None
-                     ) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
-    """(the trajectories as one Rollout with loss_mask, rewards (P, G), env/* metrics). Turn t samples
-    with seed + 7919 * t; `context` (the policy's) bounds a trajectory's length."""
+                     ) -> tuple[Rollout, torch.Tensor, list[dict[str, float]]]:
+    """(the trajectories as one Rollout with loss_mask, rewards (P, G), each trajectory's info:
+    `trajectory_info`). Turn t samples with seed + 7919 * t; `context` (the policy's) bounds a
+    trajectory's length."""
     if max_turns < 1:
         raise TrajectoryError(f"environment.max_turns must be at least 1, got {max_turns}")
     start = time.perf_counter()
@@ -176,14 +177,14 @@ def run_trajectories(generate: Generate, tokenizer, rows: list, make_env: Callab
                       version, [torch.cat(t.routing) for t in trajs] if all(t.routing for t in trajs) else None,
                       loss_mask=[t.mask for t in trajs])
     rewards = torch.tensor([t.reward for t in trajs]).view(len(rows), group_size)
-    return rollout, rewards, trajectory_metrics(trajs)
+    return rollout, rewards, [trajectory_info(t) for t in trajs]
 
 
-def trajectory_metrics(trajs: list[Trajectory]) -> dict[str, float]:
-    """env/turns (mean turns per trajectory), env/model_token_fraction and the mean of each info key."""
-    n = len(trajs)
-    metrics = {"env/turns": sum(t.turns for t in trajs) / n,
-               "env/model_token_fraction": sum(sum(t.mask) for t in trajs) / max(sum(len(t.mask) for t in trajs), 1)}
-    for key in sorted({k for t in trajs for k in t.info}):
-        metrics[f"env/{key}"] = sum(t.info.get(key, 0.0) for t in trajs) / n
-    return metrics
+def trajectory_info(traj: Trajectory) -> dict[str, float]:
+    """One trajectory's turns, the fraction of its tokens that are the model's, and its info values."""
+    return {"turns": float(traj.turns), "model_token_fraction": sum(traj.mask) / max(len(traj.mask), 1), **traj.info}
+
+
+def trajectory_metrics(infos: list[dict[str, float]]) -> dict[str, float]:
+    """env/<key>: the mean over trajectories of each key (0 where a trajectory lacks it)."""
+    return {f"env/{k}": sum(i.get(k, 0.0) for i in infos) / len(infos) for k in sorted({k for i in infos for k in i})}

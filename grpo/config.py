@@ -4,12 +4,11 @@ Sections: `policy` (the starting checkpoint: SFT for stage 1, stage 1 for stage 
 (default: the starting checkpoint), `lora` (policy/config.py; the reference is then the policy
 with its adapters disabled), `data` (prompts), `rewards` (weighted reward functions,
 rewards/config.py; a list, or a mapping from alias to reward), `environment` (multi-turn
-rollouts, envs/), `algorithm` (with its `loss`,
-grpo/loss.py), `rollout` (with its `sampling`, rollout/engine.py), `ray`, `train`, `optim` and
-`log` (train/config.py). Every value has one home: the learner gets `algorithm.loss` whole, the
-engines `rollout.sampling`. Each section checks its own values; `GRPORecipe` checks the ones that
-span sections. Defaults follow DeepSeekMath's GRPO (beta 0.04, eps 0.2, seq_mean, group-scaled
-advantages, mu 1), not TRL's.
+rollouts, envs/), `algorithm` (with its `loss`, grpo/loss.py), `rollout` (with its `sampling`,
+rollout/engine.py), `ray`, `train`, `optim` and `log` (train/config.py). Every value has one
+home: the learner gets `algorithm.loss` whole, the engines `rollout.sampling`. Each section
+checks its own values; `GRPORecipe` checks the ones that span sections. Defaults follow
+DeepSeekMath's GRPO (beta 0.04, eps 0.2, seq_mean, group-scaled advantages, mu 1), not TRL's.
 """
 
 from __future__ import annotations
@@ -70,7 +69,9 @@ class AlgorithmConfig:
     chose, across the mu updates (R2); off = route afresh (the agreement with the engine's routing
     is logged either way); dynamic_sampling:
     drop zero-variance groups and refill, up to max_refills times; overlong_mask: leave completions
-    cut by the token budget out of the loss; balance_loss: add the policy's MoE balance losses."""
+    cut by the token budget out of the loss; balance_loss: add the policy's MoE balance losses.
+    max_staleness: 0 = synchronous; 1 = sample the next step while the learners train on this one
+    (grpo/prefetch.py; needs tis_cap, which corrects from the behaviour policy)."""
 
     group_size: int = 8
     prompts_per_step: int = 8
@@ -87,8 +88,15 @@ class AlgorithmConfig:
     max_refills: int = 3
     overlong_mask: bool = False
     balance_loss: bool = True
+    max_staleness: int = 0
 
     def __post_init__(self):
+        if self.max_staleness not in (0, 1):
+            raise ValueError(f"max_staleness must be 0 (synchronous) or 1 (one step off-policy), got "
+                             f"{self.max_staleness}; k > 1 and partial rollouts are not built yet")
+        if self.max_staleness and self.tis_cap is None:
+            raise ValueError("max_staleness 1 trains on samples from the previous weights: set tis_cap (the "
+                             "importance weights that correct from the behaviour policy)")
         if self.group_size < 2:
             raise ValueError(f"group_size must be at least 2 (GRPO compares samples), got {self.group_size}")
         if self.prompts_per_step < 1 or self.mu < 1:

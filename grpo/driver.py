@@ -26,24 +26,45 @@ from grpo.batch import build_batch
 from grpo.config import GRPORecipe
 from grpo.groups import PromptSet, Timer, evaluate, sample_groups
 from grpo.parity import check_parity
+from grpo.prefetch import Prefetch, async_metrics
 from grpo.run_log import RunLog, RunState, resume, step_metrics
 from grpo.stage import build_scorer, preflight, prompt_sets
 from train.checkpoint import prepare_output_dir
 from train.interrupt import stop_on_interrupt, stopped
 
 
-def step(cluster, reward, prompts: PromptSet, state: RunState, recipe: GRPORecipe, pad_id: int) -> dict[str, float]:
-    """One GRPO step: groups, advantages, the learners' update, the weight sync; its metrics."""
+def step(cluster, reward, prompts: PromptSet, state: RunState, recipe: GRPORecipe, pad_id: int,
+         prefetch: Prefetch | None = None) -> dict[str, float]:
+    """One GRPO step: groups, advantages, the learners' update, the weight sync; its metrics. With
+    `prefetch` (max_staleness 1) the groups are the ones sampled during the previous step, and the
+    next step's are sampled while the learners train on these (grpo/prefetch.py)."""
     timer = Timer()
-    groups = sample_groups(cluster, reward, prompts, state.order, recipe, state.step, timer)
+    taken = prefetch.take() if prefetch is not None else None
+    groups, sampled = taken if taken is not None else (None, timer)
+    stale_dropped = 0
+    if groups is not None and state.step - groups.rollout.weights_version > recipe.algorithm.max_staleness:
+        stale_dropped, groups = len(groups.rollout.completion_ids), None  # older than the bound: sample afresh
+    if groups is None:
+        groups, sampled = sample_groups(cluster, reward, prompts, state.order, recipe, state.step, timer), timer
+    staleness = state.step - groups.rollout.weights_version
+    if prefetch is not None and state.step + 1 < recipe.train.steps:
+        nxt = state.step + 1
+        prefetch.start(lambda t: sample_groups(cluster, reward, prompts, state.order, recipe, nxt, t),
+                       state.order.position)
     advantages = group_advantages(groups.rewards, recipe.algorithm.advantage_scale).flatten()
     batch = build_batch(groups.rollout, advantages, pad_id, truncated_out=recipe.algorithm.overlong_mask)
     with timer("learner_s"):
         learner = cluster.train_step(batch)
     state.step += 1
+    waited, ahead_s = prefetch.wait() if prefetch is not None else (0.0, 0.0)  # the engine idle before a sync
     with timer("weight_sync_s"):
         probe_diff = cluster.sync(state.step)
-    return {**step_metrics(groups, advantages, learner, timer), "rollout/sync_probe_diff": probe_diff}
+    if sampled is not timer:  # sampled during the previous step: its rollout / reward seconds
+        timer.seconds.update(sampled.seconds)
+    metrics = {**step_metrics(groups, advantages, learner, timer), "rollout/sync_probe_diff": probe_diff}
+    if prefetch is not None:
+        metrics.update(async_metrics(staleness, stale_dropped, waited, ahead_s))
+    return metrics
 
 
 def run(recipe: GRPORecipe) -> Path:
@@ -67,10 +88,12 @@ def run(recipe: GRPORecipe) -> Path:
     log = RunLog(recipe, state.step)
     log.evaluation(state.step, {**(state.history["start"] if state.step == 0 else {}),
                                 **check_parity(cluster, eval_prompts, recipe, pad_id, state.step)})
+    prefetch = Prefetch() if recipe.algorithm.max_staleness else None
     try:
         with stop_on_interrupt() as stop:
             while state.step < t.steps:
-                metrics = step(cluster, reward, train_prompts, state, recipe, pad_id)
+                metrics = step(cluster, reward, train_prompts, state, recipe, pad_id, prefetch)
+                state.resume_position = prefetch.resume_position if prefetch is not None else None
                 if t.eval_every and state.step % t.eval_every == 0 and state.step < t.steps:
                     metrics.update(evaluate(cluster, reward, eval_prompts, recipe))
                 if recipe.rollout.parity_every and state.step % recipe.rollout.parity_every == 0:
@@ -86,5 +109,7 @@ def run(recipe: GRPORecipe) -> Path:
         final = cluster.save_final(output)
     finally:
         log.close()
+        if prefetch is not None:
+            prefetch.close()
     log.finish(state.history, final)
     return final

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from data_tools.prompts import PromptRow
-from envs.trajectories import run_trajectories
+from envs.trajectories import run_trajectories, trajectory_metrics
 from grpo.config import GRPORecipe
 from grpo.sampling import informative_groups
 from rewards.combine import CombinedReward, RewardBatch
@@ -96,7 +96,7 @@ class Groups:
     errors: int = 0
     dropped: int = 0
     tokens_per_second: float = 0.0
-    env_metrics: dict[str, float] = field(default_factory=dict)
+    env_metrics: dict[str, float] = field(default_factory=dict)  # env/* over the kept trajectories
 
 
 def score(reward: CombinedReward, rows: list[PromptRow], rollout: Rollout, n: int) -> RewardBatch:
@@ -111,31 +111,32 @@ def score(reward: CombinedReward, rows: list[PromptRow], rollout: Rollout, n: in
 
 def _rollout_and_score(cluster, reward: CombinedReward | Episodes, rows: list[PromptRow], ids: list[list[int]],
                        n: int, sampling, seed: int, timer: Timer | None = None
-                       ) -> tuple[Rollout, torch.Tensor, RewardBatch | None, dict]:
-    """(rollout, total rewards (P, n), the reward batch or None with an environment, env metrics).
+                       ) -> tuple[Rollout, torch.Tensor, RewardBatch | None, list[dict]]:
+    """(rollout, total rewards (P, n), the reward batch or None with an environment, each
+    trajectory's info (envs/trajectories.py; [] without an environment)).
     Trajectories count as rollout time (the environments' steps run between the engine's turns)."""
     timer = timer or Timer()
     if isinstance(reward, Episodes):
         with timer("rollout_s"):
-            rollout, total, metrics = run_trajectories(cluster.generate, reward.tokenizer, rows, reward.make_env, n,
-                                                       sampling, seed, reward.max_turns, reward.context)
-        return rollout, total, None, metrics
+            rollout, total, infos = run_trajectories(cluster.generate, reward.tokenizer, rows, reward.make_env, n,
+                                                     sampling, seed, reward.max_turns, reward.context)
+        return rollout, total, None, infos
     with timer("rollout_s"):
         rollout = cluster.generate(ids, n, sampling, seed=seed)
     with timer("reward_s"):
         scored = score(reward, rows, rollout, n)
-    return rollout, torch.tensor(scored.total).view(len(rows), n), scored, {}
+    return rollout, torch.tensor(scored.total).view(len(rows), n), scored, []
 
 
 def sample_groups(cluster, reward: CombinedReward | Episodes, prompts: PromptSet, order: PromptOrder,
                   recipe: GRPORecipe, step: int, timer: Timer) -> Groups:
     a, g = recipe.algorithm, recipe.algorithm.group_size
     rows, parts, totals, components, errors, dropped, refills = [], [], [], {}, 0, 0, 0
-    tokens_per_second, env_metrics = 0.0, {}
+    tokens_per_second, infos = 0.0, []
     while len(rows) < a.prompts_per_step:
         picked = order.take(a.prompts_per_step - len(rows))
         picked_rows = [prompts.rows[i] for i in picked]
-        rollout, total, scored, env_metrics = _rollout_and_score(
+        rollout, total, scored, round_infos = _rollout_and_score(
             cluster, reward, picked_rows, [prompts.ids[i] for i in picked], g, recipe.rollout.sampling,
             recipe.train.seed * 1_000_003 + step * 101 + refills, timer)
         tokens_per_second = rollout.tokens_per_second
@@ -146,6 +147,7 @@ def sample_groups(cluster, reward: CombinedReward | Episodes, prompts: PromptSet
         rows += [picked_rows[i] for i in kept]
         parts.append(rollout.rows(samples))
         totals.append(total[keep])
+        infos += [round_infos[i] for i in samples] if round_infos else []
         if scored is not None:
             for name, values in scored.components.items():
                 components.setdefault(name, []).extend(values[i] for i in samples)
@@ -153,19 +155,19 @@ def sample_groups(cluster, reward: CombinedReward | Episodes, prompts: PromptSet
         dropped += len(picked) - len(kept)
         refills += 1
     return Groups(rows, Rollout.concat(parts), torch.cat(totals), components, errors, dropped, tokens_per_second,
-                  env_metrics)
+                  trajectory_metrics(infos) if infos else {})
 
 
 def evaluate(cluster, reward: CombinedReward | Episodes, prompts: PromptSet, recipe: GRPORecipe) -> dict[str, float]:
     """Greedy completions (or trajectories) of the held-out prompts: mean reward per component
     (accuracy for math; with an environment, its env/* metrics: pass rate, turns, ...)."""
-    rollout, total, scored, env_metrics = _rollout_and_score(cluster, reward, prompts.rows, prompts.ids, 1,
-                                                             recipe.rollout.sampling.greedy(), 0)
+    rollout, total, scored, infos = _rollout_and_score(cluster, reward, prompts.rows, prompts.ids, 1,
+                                                       recipe.rollout.sampling.greedy(), 0)
     out = {"eval/reward": float(total.mean())}
     for name, values in (scored.components.items() if scored is not None else ()):
         kept = [v for v in values if v is not None]
         if kept:
             out[f"eval/{name}"] = sum(kept) / len(kept)
-    out.update({f"eval/{k}": v for k, v in env_metrics.items()})
+    out.update({f"eval/{k}": v for k, v in (trajectory_metrics(infos) if infos else {}).items()})
     out["eval/response_length"] = rollout.new_tokens / len(rollout.completion_ids)
     return out

@@ -24,9 +24,12 @@ class RunState:
     step: int
     order: PromptOrder
     history: dict = field(default_factory=dict)  # "start" / "end": held-out metrics
+    resume_position: int | None = None  # with a step sampled ahead (max_staleness 1): the position before it
 
     def driver_state(self) -> dict:
-        return {"position": self.order.position, "history": self.history}
+        """What a checkpoint keeps; a step sampled ahead is not in it (a resumed run samples it again)."""
+        position = self.order.position if self.resume_position is None else self.resume_position
+        return {"position": position, "history": self.history}
 
 
 def resume(cluster, recipe: GRPORecipe, num_prompts: int) -> RunState:

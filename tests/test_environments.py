@@ -13,7 +13,7 @@ from data_tools.prompts import PromptRow
 from envs.api import UnknownEnvironmentError, environment_factory
 from envs.code_feedback import CodeFeedback
 from envs.python_tool import PythonTool, tool_code
-from envs.trajectories import render_turn, run_trajectories
+from envs.trajectories import render_turn, run_trajectories, trajectory_metrics
 from grpo.advantages import group_advantages
 from grpo.batch import build_batch
 from policy.load import load_tokenizer
@@ -61,7 +61,7 @@ def test_a_trajectory_is_the_engines_tokens_plus_the_rendered_turns_and_only_the
     a1, a2 = _answer("12"), _answer("13")
     engine = ScriptedEngine([a1, a2])
     rows = [PromptRow("What is 5 + 7?", {})]
-    rollout, rewards, metrics = run_trajectories(engine.generate, TOK, rows, lambda: Countdown(2), 2,
+    rollout, rewards, infos = run_trajectories(engine.generate, TOK, rows, lambda: Countdown(2), 2,
                                                  SamplingConfig(max_new_tokens=8), seed=3, max_turns=5)
     prompt = TOK.apply_chat_template([{"role": "user", "content": "What is 5 + 7?"}], add_generation_prompt=True,
                                      tokenize=True, return_dict=True)["input_ids"]
@@ -79,7 +79,10 @@ def test_a_trajectory_is_the_engines_tokens_plus_the_rendered_turns_and_only_the
     full = conversation + [{"role": "user", "content": "again"}]
     assert TOK.decode(prompt + a1 + env_turn) == TOK.apply_chat_template(full, add_generation_prompt=True,
                                                                          tokenize=False)
+    metrics = trajectory_metrics(infos)
     assert rewards.tolist() == [[3.0, 3.0]] and metrics["env/turns"] == 2.0 and metrics["env/seen"] == 1.0
+    fraction = (len(a1) + len(a2)) / (len(a1) + len(env_turn) + len(a2))
+    assert metrics["env/model_token_fraction"] == pytest.approx(fraction)
     batch = build_batch(rollout, torch.zeros(2), TOK.pad_token_id)
     assert batch.completion_mask[0].tolist()[: len(rollout.loss_mask[0])] == rollout.loss_mask[0]
     assert rollout.new_tokens == 2 * (len(a1) + len(a2))
@@ -111,7 +114,7 @@ def test_scripted_rewards_give_hand_computed_advantages_and_the_turn_budget_hold
 
 def test_an_answer_cut_by_the_token_budget_ends_its_trajectory():
     engine = ScriptedEngine([[5, 6, 7]], finish="length")
-    rollout, rewards, metrics = run_trajectories(engine.generate, TOK, [PromptRow("q", {})], lambda: Countdown(5), 1,
+    rollout, rewards, infos = run_trajectories(engine.generate, TOK, [PromptRow("q", {})], lambda: Countdown(5), 1,
                                                  SamplingConfig(max_new_tokens=3), seed=0, max_turns=4)
     assert rollout.completion_ids == [[5, 6, 7]] and rewards.tolist() == [[1.0]] and len(engine.calls) == 1
 
@@ -237,12 +240,32 @@ def test_the_learner_scores_a_local_engine_trajectory_as_the_engine_sampled_it()
     model, tokenizer = load_policy("tiny")
     engine = LocalEngine(load_policy("tiny")[0], tokenizer)
     sampling = SamplingConfig(max_new_tokens=10, stop=list(string.ascii_lowercase))
-    rollout, _, metrics = run_trajectories(engine.generate, tokenizer, [PromptRow("What is 2 + 2?", {})] * 2,
+    rollout, _, infos = run_trajectories(engine.generate, tokenizer, [PromptRow("What is 2 + 2?", {})] * 2,
                                            lambda: Countdown(3), 2, sampling, seed=5, max_turns=3)
-    assert metrics["env/turns"] > 1.5  # most trajectories reach a second answer
+    assert trajectory_metrics(infos)["env/turns"] > 1.5  # most trajectories reach a second answer
     for prompt, ids, mask, logp in zip(rollout.prompt_ids, rollout.completion_ids, rollout.loss_mask,
                                        rollout.logprobs, strict=True):
         scored = sequence_logprobs(model, prompt + ids)[len(prompt) - 1:]
         model_tokens = [k for k, m in enumerate(mask) if m]
         assert torch.allclose(torch.tensor([scored[k] for k in model_tokens]),
                               torch.tensor([logp[k] for k in model_tokens]), atol=1e-4)
+
+
+def test_builtin_functions_tests_hold_for_right_programs_and_split_by_constant():
+    """builtin:functions: right programs pass the row's own tests in the sandbox, an off-by-one
+    fails them, and no held-out (function, constant) is trained on."""
+    from data_tools.prompts import load_prompts
+    from rewards.code_tests import score_programs
+
+    train, held_out = load_prompts("builtin:functions", 300, 30, seed=0)
+    assert not {r.prompt for r in train} & {r.prompt for r in held_out} and len({r.prompt for r in held_out}) > 10
+    body = {"add": "x + {k}", "subtract": "x - {k}", "times": "x * {k}", "mod": "x % {k}", "above": "x > {k}"}
+    rows = list({r.columns["entry_point"].split("_")[0]: r for r in train}.values())  # one row per shape
+    assert len(rows) == 5
+    for row in rows:
+        name = row.columns["entry_point"]
+        shape, k = name.split("_")
+        right = f"def {name}(x):\n    return {body[shape].format(k=k)}\n"
+        wrong = f"def {name}(x):\n    return {body[shape].format(k=int(k) + 1)}\n"
+        scores = score_programs([row.prompt] * 2, [right, wrong], [row.columns["tests"]] * 2, [name] * 2)
+        assert [s.score for s in scores] == [1.0, 0.0], (row.prompt, scores)

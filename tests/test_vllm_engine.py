@@ -79,14 +79,15 @@ def test_vllm_drives_a_multi_turn_environment_token_in_token_out(engine):
     import string
 
     from data_tools.prompts import PromptRow
-    from envs.trajectories import run_trajectories
+    from envs.trajectories import run_trajectories, trajectory_metrics
     from tests.test_environments import Countdown
 
     name, eng = engine
     model, tokenizer = load_policy(name)
     sampling = SamplingConfig(max_new_tokens=10, stop=list(string.ascii_lowercase))
-    rollout, _, metrics = run_trajectories(eng.generate, tokenizer, [PromptRow("What is 2 + 2?", {})] * 2,
+    rollout, _, infos = run_trajectories(eng.generate, tokenizer, [PromptRow("What is 2 + 2?", {})] * 2,
                                            lambda: Countdown(3), 2, sampling, seed=5, max_turns=3)
+    metrics = trajectory_metrics(infos)
     assert metrics["env/turns"] > 1.0 and metrics["env/model_token_fraction"] < 1.0
     for prompt, ids, mask, logp in zip(rollout.prompt_ids, rollout.completion_ids, rollout.loss_mask,
                                        rollout.logprobs, strict=True):
