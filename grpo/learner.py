@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import torch
 
@@ -31,6 +32,7 @@ from grpo.batch import GRPOBatch
 from grpo.config import GRPORecipe
 from grpo.loss import grpo_loss, mismatch_weights
 from grpo.replay import moe_layers, recording, replay_indices, replaying
+from policy.flops import flop_spec, measured_peak_flops, mfu_metrics, scored_rows_flops
 from policy.load import load_policy
 from policy.logprobs import completion_logprobs
 from policy.lora import adapters_disabled, apply_lora, lora_layout, merged_state_dict
@@ -52,6 +54,7 @@ class Learner:
         p = recipe.policy
         self.model, self.tokenizer = load_policy(p.name, p.moe.to_dict(), p.torch_dtype, p.seed)
         self.model.to(self.info.device)
+        self.flops = flop_spec(self.model)  # before LoRA and sharding: the whole model's activated weights
         if recipe.train.freeze_router:
             for name, param in self.model.named_parameters():
                 if name.endswith("mlp.gate.weight"):
@@ -155,7 +158,7 @@ class Learner:
     # ---- one GRPO step -----------------------------------------------------------------------
     def train_step(self, batch: GRPOBatch) -> dict[str, float]:
         """mu updates on this rank's rows of the batch; metrics are the same on every rank."""
-        a = self.recipe.algorithm
+        a, started = self.recipe.algorithm, time.perf_counter()
         num_sequences = batch.input_ids.shape[0]
         num_tokens = int(batch.completion_mask.sum())
         mine = batch.rows(self._my_rows(num_sequences))
@@ -192,7 +195,18 @@ class Learner:
         if a.tis_cap is not None:
             metrics["train/is_weight_mean"] = is_weight / tokens
             metrics["mismatch/masked_fraction"] = masked / tokens
-        return {**metrics, **self._agreement_metrics()}
+        return {**metrics, **self._agreement_metrics(), **self._mfu(mine, time.perf_counter() - started)}
+
+    def _mfu(self, mine: GRPOBatch, seconds: float) -> dict[str, float]:
+        """perf/learner_tflops and perf/learner_mfu of this rank's step (policy/flops.py): mu forward +
+        backward passes, the pi_old pass when mu > 1, the reference pass when there is one."""
+        a = self.recipe.algorithm
+        passes = 3 * a.mu + (a.mu > 1) + (self.reference is not None or self.shared_reference)
+        flops = passes * scored_rows_flops(self.flops, mine.input_ids, mine.attention_mask, mine.completion_width)
+        peak = self.recipe.log.peak_tflops
+        dtype = torch.bfloat16 if self.recipe.train.mixed_precision == "bf16" else next(self.model.parameters()).dtype
+        peak = peak * 1e12 if peak else measured_peak_flops(dtype, self.info.device)
+        return mfu_metrics(flops, seconds, peak, "perf/learner_")
 
     def _agreement_metrics(self) -> dict[str, float]:
         """routing/agreement: the fraction of completion-predicting tokens whose top-k expert set in

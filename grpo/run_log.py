@@ -87,7 +87,8 @@ class RunLog:
         self.metrics_file.append(step, metrics)
         if step % self.recipe.log.every == 0 or step == self.recipe.train.steps:
             self.tracker.log(step, metrics)
-        self.tracker.advance(step, f"reward {metrics['reward/mean']:.3f}")
+        mfu = f", learner MFU {metrics['perf/learner_mfu']:.1%}" if "perf/learner_mfu" in metrics else ""
+        self.tracker.advance(step, f"reward {metrics['reward/mean']:.3f}{mfu}")
 
     def evaluation(self, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log(step, metrics)

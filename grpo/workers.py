@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 
 import torch
 
@@ -87,26 +88,63 @@ def verify_sync(engine, published: dict, version: int, tolerance: float, who: st
 
 
 class RolloutWorker:
+    """One engine. Synchronous runs `load_weights` between rollouts; asynchronous ones (grpo/prefetch.py)
+    `offer_weights` at any time, even mid-rollout (Ray then runs the actor with two threads): the
+    offer waits in a slot and the engine takes the newest one before its next rollout, or with
+    `algorithm.partial_rollouts` before its next decode step."""
+
     def __init__(self, recipe: GRPORecipe, index: int, threads: int | None = None):
         torch.set_num_threads(threads or os.cpu_count())  # Ray actors start with one thread
         self.index = index
         self.engine = make_engine(recipe, index)
         self.tolerance = sync_tolerance(recipe)
         self.version = 0
+        self.partial = recipe.algorithm.partial_rollouts
+        self.offered: tuple[dict, int] | None = None  # the newest offer not yet taken
+        self.lock, self.generating = threading.Lock(), threading.Lock()
+        self.probe_diff = 0.0  # the largest probe diff of the weights taken during the current rollout
 
     def pid(self) -> int:
         return os.getpid()
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> Rollout:
-        return self.engine.generate(prompts, n, sampling, seed)
+        with self.generating:  # one rollout at a time (a held-out evaluation waits for a step sampled ahead)
+            self.probe_diff = 0.0
+            self._take_offer()
+            if self.partial:
+                rollout = self.engine.generate(prompts, n, sampling, seed, between_steps=self._take_offer)
+            else:
+                rollout = self.engine.generate(prompts, n, sampling, seed)
+            rollout.sync_probe_diff = self.probe_diff
+            return rollout
 
-    def load_weights(self, published: dict, version: int) -> float:
-        """published: {"state": name -> tensor, "checksum": the sender's weights_checksum, "probe": the
-        learner's log-probs of the probe}; returns the probe's max |delta log p|."""
+    def offer_weights(self, published: dict, version: int) -> None:
+        """Keep `published` (as `load_weights` takes it) for the engine's next rollout or decode step;
+        a newer offer replaces one not yet taken. Its checksum is checked on arrival."""
+        self._check(published, version)
+        with self.lock:
+            self.offered = (published, version)
+
+    def _take_offer(self) -> None:
+        with self.lock:
+            offered, self.offered = self.offered, None
+        if offered is not None:
+            self.probe_diff = max(self.probe_diff, self._load(*offered))
+
+    def _check(self, published: dict, version: int) -> None:
         got = weights_checksum(published["state"])
         if got != published["checksum"]:
             raise WorkerError(f"rollout worker {self.index}: weights version {version} arrived with checksum {got}, "
                               f"sent {published['checksum']} (partial or corrupt sync)")
+
+    def load_weights(self, published: dict, version: int) -> float:
+        """published: {"state": name -> tensor, "checksum": the sender's weights_checksum, "probe": the
+        learner's log-probs of the probe}; returns the probe's max |delta log p|."""
+        self._check(published, version)
+        with self.generating:
+            return self._load(published, version)
+
+    def _load(self, published: dict, version: int) -> float:
         self.engine.load_weights(published["state"], version)
         diff = verify_sync(self.engine, published, version, self.tolerance, f"rollout worker {self.index}")
         self.version = version
@@ -117,19 +155,22 @@ class LearnerWorker(Learner):
     engine = None
 
     def start_engine(self) -> None:
+        self.generating = threading.Lock()
         if self.info.enabled:
             raise WorkerError("ray.placement hybrid needs one learner (ray.learners: 1)")
         # a LoRA policy's engine holds a plain copy of the base, which each sync overwrites with merged weights
         self.engine = make_engine(self.recipe, 0, None if self.lora else self.model, self.tokenizer)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> Rollout:
-        return self.engine.generate(prompts, n, sampling, seed)
+        with self.generating:  # in-process runs: a held-out evaluation waits for a step sampled ahead
+            return self.engine.generate(prompts, n, sampling, seed)
 
     def sync_engine(self, version: int) -> float:
         published = {"state": self.full_state_dict(), "checksum": None, "probe": self._probe()}
         published["checksum"] = weights_checksum(published["state"])
-        self.engine.load_weights(published["state"], version)
-        return verify_sync(self.engine, published, version, sync_tolerance(self.recipe), "the hybrid engine")
+        with self.generating:
+            self.engine.load_weights(published["state"], version)
+            return verify_sync(self.engine, published, version, sync_tolerance(self.recipe), "the hybrid engine")
 
     def pid(self) -> int:
         return os.getpid()

@@ -9,7 +9,8 @@ positions of the logits. Masks follow the project's convention: True = the token
 group's G samples share one) and repeats its KV cache to the rows that share it: the same numbers
 as one forward over whole rows, on fewer tokens. MoE balance losses then cover the completion
 tokens only (the prompt's tokens are routed the same in every row and run once). Token dropping
-is off: dropped tokens would make two scorings of the same sample disagree.
+is off: dropped tokens would make two scorings of the same sample disagree. The vocabulary-wide
+log-softmax and entropy run fused (policy/token_logprob.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from policy.compat import cache_of, with_cache
 from policy.load import base_model
 from policy.model import DeepseekV2Policy
+from policy.token_logprob import token_logprobs
 
 
 def prompt_completion_rows(prompts: list[list[int]], completions: list[list[int]],
@@ -56,22 +58,23 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     if found is None:
         out = model(input_ids=ids, attention_mask=attention.long(), position_ids=positions, use_cache=False,
                     logits_to_keep=c + 1, **kwargs)
-        logits = out.logits[:, :-1]
+        pieces = [out.logits[:, :-1]]
     else:
-        logits, out = found
-    logits = logits.float()
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    all_logp = logits.log_softmax(-1)
-    logp = all_logp.gather(-1, ids[:, -c:].unsqueeze(-1)).squeeze(-1)
+        pieces, out = found
+    targets = ids[:, -c:]
+    parts, start = [], 0
+    for logits in pieces:  # the first completion token's logits and the rest's, never concatenated (N, C, V)
+        parts.append(token_logprobs(logits, targets[:, start : start + logits.shape[1]], temperature, entropy))
+        start += logits.shape[1]
+    logp = torch.cat([p[0] for p in parts], dim=1)
     if entropy:
-        with torch.no_grad():
-            out.token_entropy = -(all_logp.exp() * all_logp).sum(-1)
+        out.token_entropy = torch.cat([p[1] for p in parts], dim=1)
     return logp, out
 
 
-def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> tuple[torch.Tensor, object] | None:
-    """(N, C, V) logits predicting the completion tokens, running each distinct prompt once.
+def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> tuple[list, object] | None:
+    """The logits predicting the completion tokens, running each distinct prompt once: [(N, 1, V) for
+    the first token, (N, C - 1, V) for the rest] (kept apart: a (N, C, V) copy costs seconds on CPU).
 
     The prompt block (left-padded, first P columns) is deduplicated; one forward over the U distinct
     prompts fills a KV cache (transformers' `DynamicCache`, differentiable) and gives the logits at
@@ -95,7 +98,7 @@ def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> t
     _select_cache_rows(cache, inverse)
     rest = model(input_ids=ids[:, p : p + c - 1], attention_mask=attention[:, : p + c - 1].long(),
                  position_ids=positions[:, p : p + c - 1], use_cache=True, **with_cache(cache), **kwargs)
-    return torch.cat([prompt.logits.index_select(0, inverse), rest.logits], dim=1), rest
+    return [prompt.logits.index_select(0, inverse), rest.logits], rest
 
 
 def _select_cache_rows(cache, rows: torch.Tensor) -> None:

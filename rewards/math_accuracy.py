@@ -9,17 +9,16 @@ Extraction of the final answer is configurable (split from scoring, as verl and 
 A gold answer in GSM8K's form (worked solution, then "#### 72") is read as what follows "####".
 Equivalence is `math-verify`'s: LaTeX, fractions vs decimals, percentages, sets, intervals,
 equations such as x=3 vs 3. A sample with no answer column value is "not applicable" (None).
+The equivalence check is rewards/math_equivalence.py's (off the main thread, in a helper process).
 """
 
 from __future__ import annotations
 
 import re
 
-from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
+from rewards.math_equivalence import matches
 from rewards.text import completion_text
 
-_EXTRACT = [LatexExtractionConfig(), ExprExtractionConfig()]
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?\s*%?|-?\.\d+%?")
 _ANSWER_IS = re.compile(r"answer(?:\s+is)?\s*[:=]?\s*(.+?)(?:\.(?:\s|$)|\n|$)", re.IGNORECASE)
 _HASHES = re.compile(r"####\s*([^\n]+)")
@@ -88,33 +87,20 @@ def gold_answer(gold) -> str:
     return text
 
 
-def _as_math(text: str) -> list:
-    text = text.strip()
-    if "$" not in text and "\\boxed" not in text:
-        text = f"${text}$"
-    return parse(text, extraction_config=_EXTRACT)
-
-
-def answers_match(predicted: str, gold: str) -> bool:
-    """math-verify equivalence of two answer strings.
-
-    >>> answers_match("0.5", "\\\\frac{1}{2}"), answers_match("50\\\\%", "0.5"), answers_match("2", "3")
-    (True, True, False)
-    """
-    gold_parsed, pred_parsed = _as_math(gold), _as_math(predicted)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed))
-
-
 def math_accuracy(prompts, completions, answer=None, extraction: str = "auto", **_columns) -> list[float | None]:
     """TRL-signature reward over the `answer` column."""
     answers = answer if answer is not None else [None] * len(completions)
     scores: list[float | None] = []
+    pairs: list[tuple[int, str, str]] = []  # (sample, predicted, gold) where there is an answer to compare
     for completion, gold in zip(completions, answers, strict=True):
         if gold is None or str(gold).strip() == "":
             scores.append(None)
             continue
         predicted = extract_answer(completion_text(completion), extraction)
-        scores.append(float(predicted is not None and answers_match(predicted, gold_answer(gold))))
+        scores.append(0.0)
+        if predicted is not None:
+            pairs.append((len(scores) - 1, predicted, gold_answer(gold)))
+    matched = matches([(p, g) for _, p, g in pairs])  # off the main thread: in a helper process
+    for (i, _, _), ok in zip(pairs, matched, strict=True):
+        scores[i] = float(ok)
     return scores

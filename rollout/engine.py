@@ -53,13 +53,30 @@ class Rollout:
     finish_reasons: list[str]
     texts: list[str]
     seconds: float = 0.0
-    weights_version: int = 0
+    weights_version: int = 0  # the weights version the rollout started with
     # routing replay: per sample an int16 (completion length, MoE layers, top_k) tensor of the experts the
     # engine routed to at each position whose output predicts a completion token; None = not recorded
     routing: list[torch.Tensor] | None = None
     # multi-turn trajectories (envs/trajectories.py): per sample, True where the completion token is the
     # model's (False: an environment's turn, never trained on); None = every completion token is the model's
     loss_mask: list[list[bool]] | None = None
+    # asynchronous GRPO: per sample, the weights version that produced each completion token (partial rollouts
+    # and multi-turn trajectories can span versions); None = every token is weights_version's
+    token_versions: list[list[int]] | None = None
+    sync_probe_diff: float = 0.0  # the largest probe |delta log p| of weights the engine took during this rollout
+
+    def versions(self, i: int) -> list[int]:
+        """The weights version of each of sample i's completion tokens."""
+        if self.token_versions is not None:
+            return self.token_versions[i]
+        return [self.weights_version] * len(self.completion_ids[i])
+
+    @property
+    def oldest_version(self) -> int:
+        """The oldest weights version behind any token (the staleness bound applies to it)."""
+        if self.token_versions is None:
+            return self.weights_version
+        return min((min(v) for v in self.token_versions if v), default=self.weights_version)
 
     @property
     def new_tokens(self) -> int:
@@ -74,7 +91,9 @@ class Rollout:
                        [self.logprobs[i] for i in index], [self.finish_reasons[i] for i in index],
                        [self.texts[i] for i in index], self.seconds, self.weights_version,
                        None if self.routing is None else [self.routing[i] for i in index],
-                       None if self.loss_mask is None else [self.loss_mask[i] for i in index])
+                       None if self.loss_mask is None else [self.loss_mask[i] for i in index],
+                       None if self.token_versions is None else [self.token_versions[i] for i in index],
+                       self.sync_probe_diff)
 
     @property
     def tokens_per_second(self) -> float:
@@ -82,14 +101,18 @@ class Rollout:
 
     @classmethod
     def concat(cls, parts: list[Rollout]) -> Rollout:
-        """The rows of several rollouts in order; seconds and version are the largest (parts run in parallel)."""
+        """The rows of several rollouts in order; seconds and probe diff are the largest (parts run in parallel),
+        the version the oldest."""
+        versions = None if all(p.token_versions is None for p in parts) else \
+            [p.versions(i) for p in parts for i in range(len(p.completion_ids))]
         return cls([x for p in parts for x in p.prompt_ids], [x for p in parts for x in p.completion_ids],
                    [x for p in parts for x in p.logprobs], [x for p in parts for x in p.finish_reasons],
                    [x for p in parts for x in p.texts], max((p.seconds for p in parts), default=0.0),
-                   max((p.weights_version for p in parts), default=0),
+                   min((p.weights_version for p in parts), default=0),
                    None if any(p.routing is None for p in parts) else [x for p in parts for x in p.routing],
                    None if all(p.loss_mask is None for p in parts) else
-                   [x for p in parts for x in (p.loss_mask or [[True] * len(c) for c in p.completion_ids])])
+                   [x for p in parts for x in (p.loss_mask or [[True] * len(c) for c in p.completion_ids])],
+                   versions, max((p.sync_probe_diff for p in parts), default=0.0))
 
 
 class RolloutEngine(Protocol):

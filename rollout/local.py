@@ -27,6 +27,7 @@ preallocated KV cache, on CPU or one GPU. GRPO's rollout workers, `deepalign eva
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -141,17 +142,21 @@ class LocalEngine:
         return done
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int = 0) -> Rollout:
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int = 0,
+                 between_steps: Callable[[], None] | None = None) -> Rollout:
+        """n samples per prompt. `between_steps` (partial rollouts) runs before every decode step and
+        may load new weights (`load_weights`): the rest of the rollout decodes with them, over the
+        cache the old weights wrote (kept, not recomputed), and each token's version is recorded."""
         moe = self.record_routing and bool(getattr(self.model, "moe_layers", list)())
         recorder = RoutingRecorder(self.model, len(prompts) * n, sampling.max_new_tokens) if moe else None
         try:
-            return self._generate(prompts, n, sampling, seed, recorder)
+            return self._generate(prompts, n, sampling, seed, recorder, between_steps)
         finally:
             if recorder is not None:
                 recorder.close()
 
-    def _generate(self, prompts, n: int, sampling: SamplingConfig, seed: int, recorder) -> Rollout:
-        start = time.perf_counter()
+    def _generate(self, prompts, n: int, sampling: SamplingConfig, seed: int, recorder, between_steps) -> Rollout:
+        start, start_version = time.perf_counter(), self.version
         device = self.model.get_input_embeddings().weight.device
         total, budget = len(prompts) * n, sampling.max_new_tokens
         cache, logits = self._prefill(prompts, n, budget, device)
@@ -165,6 +170,8 @@ class LocalEngine:
         active = torch.arange(total)  # the sample each cache row holds
         running = torch.ones(total, dtype=torch.bool)  # per cache row: still generating
         finished_since_compaction = 0
+        versions = torch.full((total, budget), self.version, dtype=torch.int32) if between_steps else None
+        logits_version = self.version  # the weights that computed `logits`
         for step in range(budget):
             token, token_lp = sample_with_logprob(logits, sampling.temperature, sampling.top_k, sampling.top_p,
                                                   generator)
@@ -172,6 +179,8 @@ class LocalEngine:
             rows = active[running]
             tokens[rows, step] = token[running]
             token_logps[rows, step] = token_lp[running]
+            if versions is not None:
+                versions[rows, step] = logits_version
             lengths[rows] += 1
             done = self._finished(token, running, active, tokens, step, sampling.stop)
             stopped[active[done]] = True
@@ -184,6 +193,9 @@ class LocalEngine:
                 cache, active, running, token = cache.select(keep.to(device)), active[keep], running[keep], token[keep]
                 finished_since_compaction = 0
             token = torch.where(running, token, torch.full_like(token, self.pad_id))
+            if between_steps is not None:
+                between_steps()
+                logits_version = self.version
             logits = self.decoder.forward(token.unsqueeze(1).to(device), cache, running.unsqueeze(1).to(device),
                                           last_only=True)[:, -1]
             if recorder is not None:
@@ -194,8 +206,10 @@ class LocalEngine:
         reasons = ["stop" if s else "length" for s in stopped.tolist()]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         prompt_rows = [list(p) for p in prompts for _ in range(n)]
-        return Rollout(prompt_rows, completions, logprobs, reasons, texts, time.perf_counter() - start, self.version,
-                       recorder.result(lengths) if recorder is not None else None)
+        return Rollout(prompt_rows, completions, logprobs, reasons, texts, time.perf_counter() - start, start_version,
+                       recorder.result(lengths) if recorder is not None else None,
+                       token_versions=None if versions is None else
+                       [versions[i, : lengths[i]].tolist() for i in range(total)])
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from policy.flops import FlopSpec, flop_spec, measured_peak_flops, mfu_metrics, packed_rows_flops
 from policy.load import base_model, load_policy
 from policy.lora import apply_lora
 from policy.model import DeepseekV2Policy
@@ -76,14 +77,14 @@ def forward_loss(model, batch: SFTBatch, info: DistInfo):
 
 
 def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFTRecipe,
-               info: DistInfo) -> tuple[dict[str, float], torch.Tensor | None]:
+               info: DistInfo, flops: FlopSpec | None = None) -> tuple[dict[str, float], torch.Tensor | None]:
     """One optimiser step over one global batch; returns (metrics, mean expert load per MoE layer
-    or None), identical on every rank."""
+    or None), identical on every rank but perf/flops (this rank's model FLOPs, given `flops`)."""
     cfg = recipe.train
     micro = rank_micro_batches(order.next_batch(), info.rank, info.world_size, cfg.micro_batch_size)
     batches = [collate(rows[m]) for m in micro]
     step_targets = int(all_reduce_sum(sum(count_targets(b.loss_mask) for b in batches), info))
-    loss_sum, balance, tokens = 0.0, {}, 0
+    loss_sum, balance, tokens, model_flops = 0.0, {}, 0, 0.0
     stats = []
     for batch in batches:
         token_loss, out = forward_loss(model, batch, info)
@@ -96,6 +97,7 @@ def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFT
         loss.backward()
         loss_sum += token_loss.item()
         tokens += batch.num_tokens
+        model_flops += 3 * packed_rows_flops(flops, batch.sequence_ids) if flops is not None else 0.0  # fwd + bwd
         stats.extend(getattr(out, "router_stats", None) or [])
 
     grad_norm, skipped = optimizer_step(model, optimizer, recipe.optim)
@@ -111,6 +113,8 @@ def train_step(model, rows, order: BatchOrder, optimizer, scheduler, recipe: SFT
         "train/target_tokens": step_targets,
         "train/epoch": order.epoch,
     }
+    if flops is not None:
+        metrics["perf/flops"] = model_flops
     for name, value in balance.items():
         metrics[f"moe/{name}_balance_loss"] = all_reduce_sum(value, info) / info.world_size
     expert_load = None
@@ -133,6 +137,7 @@ class SFTRun:
     scheduler: object
     total_steps: int
     step: int = 0
+    flops: FlopSpec | None = None  # the policy's model FLOPs per token (policy/flops.py), for MFU
 
 
 def setup(recipe: SFTRecipe, info: DistInfo) -> SFTRun:
@@ -144,7 +149,7 @@ def setup(recipe: SFTRecipe, info: DistInfo) -> SFTRun:
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / global_batch))
     optimizer = make_optimizer(model, recipe.optim, info)
     run = SFTRun(model, tokenizer, rows, BatchOrder(len(rows), recipe.data.seed, global_batch), optimizer,
-                 make_scheduler(optimizer, recipe.optim, total_steps), total_steps)
+                 make_scheduler(optimizer, recipe.optim, total_steps), total_steps, flops=flop_spec(model))
     checkpoint = latest_checkpoint(Path(cfg.output_dir), print if info.is_main else lambda _: None) \
         if cfg.resume else None
     if checkpoint is not None:
@@ -154,6 +159,14 @@ def setup(recipe: SFTRecipe, info: DistInfo) -> SFTRun:
         if info.is_main:
             print(f"resumed from {checkpoint} at step {run.step}")
     return run
+
+
+def _peak(model, recipe: SFTRecipe) -> float:
+    """FLOP/s the MFU is taken against: log.peak_tflops, else this machine's measured matmul peak."""
+    if recipe.log.peak_tflops:
+        return recipe.log.peak_tflops * 1e12
+    param = next(model.parameters())
+    return measured_peak_flops(param.dtype, param.device)
 
 
 def _save(run: SFTRun, recipe: SFTRecipe, info: DistInfo) -> Path:
@@ -179,15 +192,17 @@ def train(recipe: SFTRecipe) -> Path:
             while run.step < run.total_steps:
                 start = time.perf_counter()
                 metrics, expert_load = train_step(run.model, run.rows, run.order, run.optimizer, run.scheduler,
-                                                  recipe, info)
+                                                  recipe, info, run.flops)
                 run.step += 1
-                metrics["train/tokens_per_second"] = metrics["train/tokens"] / (time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                metrics["train/tokens_per_second"] = metrics["train/tokens"] / seconds
+                metrics.update(mfu_metrics(metrics.pop("perf/flops"), seconds, _peak(run.model, recipe), "perf/"))
                 if run.step % recipe.log.every == 0 or run.step == run.total_steps:
                     tracker.log(run.step, metrics)
                     if expert_load is not None:
                         tracker.histogram(run.step, "moe/expert_load", expert_load)
                 last_loss = metrics["train/loss"]
-                tracker.advance(run.step, f"loss {last_loss:.3f}")
+                tracker.advance(run.step, f"loss {last_loss:.3f}, MFU {metrics['perf/mfu']:.1%}")
                 if stop and run.step < run.total_steps:
                     raise stopped(run.step, _save(run, recipe, info) if cfg.save_every else None)
                 if cfg.save_every and run.step % cfg.save_every == 0 and run.step < run.total_steps:

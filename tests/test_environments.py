@@ -269,3 +269,31 @@ def test_builtin_functions_tests_hold_for_right_programs_and_split_by_constant()
         wrong = f"def {name}(x):\n    return {body[shape].format(k=int(k) + 1)}\n"
         scores = score_programs([row.prompt] * 2, [right, wrong], [row.columns["tests"]] * 2, [name] * 2)
         assert [s.score for s in scores] == [1.0, 0.0], (row.prompt, scores)
+
+
+FUNCTIONS2 = {  # right bodies, and wrong ones a policy might write: a boundary or a constant off
+    "affine": ("x * {a} + {b}", "x * {a} + {b} + 1"),
+    "clip": ("max(-{a}, min({b}, x))", "max({a}, min({b}, x))"),
+    "digits": ("sum(int(d) for d in str(abs(x))) * {a} + {b}", "abs(x) % 10 * {a} + {b}"),
+    "multiples": ("max(x, 0) // {a} + {b}", "x // {a} + {b}"),
+    "parity": ("{a} if x % 2 == 0 else x + {b}", "{a} if x % 2 else x + {b}"),
+}
+
+
+def test_builtin_functions2_tests_pass_right_programs_and_catch_near_misses():
+    """builtin:functions2: for every shape a right program passes the row's tests in the sandbox and a
+    near miss (one off, a bound's sign, the last digit only, multiples for x < 1, parity flipped) fails them;
+    the held-out split shares no (shape, a, b) with training."""
+    from data_tools.prompts import load_prompts
+    from rewards.code_tests import score_programs
+
+    train, held_out = load_prompts("builtin:functions2", 400, 40, seed=0)
+    assert not {r.prompt for r in train} & {r.prompt for r in held_out} and len({r.prompt for r in held_out}) > 30
+    rows = list({r.columns["entry_point"].split("_")[0]: r for r in train}.values())
+    assert len(rows) == 5
+    for row in rows:
+        name = row.columns["entry_point"]
+        shape, a, b = name.split("_")
+        right, wrong = (f"def {name}(x):\n    return {body.format(a=a, b=b)}\n" for body in FUNCTIONS2[shape])
+        scores = score_programs([row.prompt] * 2, [right, wrong], [row.columns["tests"]] * 2, [name] * 2)
+        assert [s.score for s in scores] == [1.0, 0.0], (row.prompt, scores)

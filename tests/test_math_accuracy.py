@@ -104,3 +104,21 @@ def test_extraction_parameter_reaches_the_function():
     assert fn(prompts=["q"], completions=["The answer is 3, well, 5"], answer=["5"]) == [1.0]
     with pytest.raises(ValueError, match="extraction must be one of"):
         get_reward("math_accuracy", extraction="first")(prompts=["q"], completions=["1"], answer=["1"])
+
+
+def test_off_the_main_thread_the_table_scores_the_same_and_a_sympy_bomb_still_times_out():
+    """math-verify's timeouts need the main thread; from another thread (asynchronous GRPO scores in
+    one) the batch goes to a helper process (rewards/math_equivalence.py) and scores exactly the same, a
+    crafted tower of powers included (math-verify gives up on it after 5 s: 0, not a hang)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    fn = get_reward("math_accuracy")
+    completions = [c for c, _, _ in TABLE] + [r"\boxed{9^{9^{9^{9}}}}"]
+    golds = [g for _, g, _ in TABLE] + ["12"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        start = time.perf_counter()
+        got = pool.submit(fn, prompts=["q"] * len(golds), completions=completions, answer=golds).result()
+        seconds = time.perf_counter() - start
+    assert got == [e for *_, e in TABLE] + [0.0]
+    assert seconds < 60

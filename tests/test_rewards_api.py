@@ -27,7 +27,9 @@ def flaky_reward(prompts, completions, **kwargs):
 
 
 def test_rule_doctests():
-    for module in (rewards.rules, rewards.math_accuracy):
+    import rewards.math_equivalence
+
+    for module in (rewards.rules, rewards.math_accuracy, rewards.math_equivalence):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 

@@ -39,14 +39,18 @@ class OptimConfig:
 @dataclass
 class LogConfig:
     """every: log metrics every N steps. progress: a live bar on a terminal, one line per
-    `progress_every_s` seconds when output goes to a file."""
+    `progress_every_s` seconds when output goes to a file. peak_tflops: the peak the learners' MFU
+    is taken against (null = measured: the best dense matmul of the training dtype, policy/flops.py)."""
 
     every: int = 10
     tensorboard: bool = True
     wandb_project: str | None = None
     progress: bool = True
     progress_every_s: float = 30.0
+    peak_tflops: float | None = None
 
     def __post_init__(self):
         if self.every < 1:
             raise ValueError(f"every must be at least 1, got {self.every}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops must be positive (or null = measured), got {self.peak_tflops}")
