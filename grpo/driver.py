@@ -55,12 +55,14 @@ def step(cluster, reward, prompts: PromptSet, state: RunState, recipe: GRPORecip
     with timer("learner_s"):
         learner = cluster.train_step(batch)
     state.step += 1
+    offer = prefetch is not None and cluster.offers
+    if prefetch is not None and not offer:
+        waited += prefetch.wait()[0]  # hybrid or vLLM: the step in flight ends before the sync
     with timer("weight_sync_s"):
-        if prefetch is not None and cluster.offers:
+        if offer:
             cluster.offer(state.step)  # taken by the engine at its next rollout (or decode step), proven there
             probe_diff = groups.rollout.sync_probe_diff
         else:
-            waited += prefetch.wait()[0] if prefetch is not None else 0.0  # hybrid or vLLM: wait for the step in flight
             probe_diff = cluster.sync(state.step)
     if sampled is not timer:  # sampled during earlier steps: its rollout / reward seconds
         timer.seconds.update(sampled.seconds)
