@@ -18,6 +18,7 @@ in Ray's object store and each rollout worker fetches them itself (the driver ne
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,7 @@ class Cluster:
         else:
             self.rollout = [self._spawn_rollout(i) for i in range(r.workers)]
         self.restarts = [0] * len(self.rollout)
+        self.restart_lock, self.restart_round = threading.Lock(), 0  # restarts from either driver thread
         self.published = None  # the latest weights (an object-store reference on Ray) and their version
         self.published_version = -1
 
@@ -235,26 +237,35 @@ class Cluster:
 
     def _with_restarts(self, call):
         """call(); a dead rollout worker is restarted with the current weights and the call retried,
-        up to rollout.restarts times per worker."""
+        up to rollout.restarts times per worker. Asynchronous runs call it from two threads (sampling
+        and the weight offer): one restarts, the other sees the restart happened and retries."""
         while True:
+            seen = self.restart_round
             try:
                 return call()
             except WorkerDied as exc:
                 if self.hybrid:
                     raise WorkerError(f"{exc}: the learner hosting the engine died (placement hybrid)") from exc
-                dead = [i for i, w in enumerate(self.rollout) if not w.alive()]
-                limit = self.recipe.rollout.restarts
-                if not dead:
-                    raise
-                if any(self.restarts[i] >= limit for i in dead):
-                    raise WorkerError(f"{exc}; rollout worker(s) {dead} dead and restarts exhausted "
-                                      f"(rollout.restarts={limit}): the run stops") from exc
-                for i in dead:
-                    print(f"rollout worker {i} died; restarting it with weights version {self.published_version}")
-                    self.restarts[i] += 1
-                    self.rollout[i] = self._spawn_rollout(i)
-                    if self.published is not None:
-                        self._load([i], self.published_version)
+                with self.restart_lock:
+                    if self.restart_round != seen:  # the other thread restarted the dead worker meanwhile
+                        continue
+                    self._restart_dead(exc)
+
+    def _restart_dead(self, exc: WorkerDied) -> None:
+        dead = [i for i, w in enumerate(self.rollout) if not w.alive()]
+        limit = self.recipe.rollout.restarts
+        if not dead:
+            raise exc
+        if any(self.restarts[i] >= limit for i in dead):
+            raise WorkerError(f"{exc}; rollout worker(s) {dead} dead and restarts exhausted "
+                              f"(rollout.restarts={limit}): the run stops") from exc
+        for i in dead:
+            print(f"rollout worker {i} died; restarting it with weights version {self.published_version}")
+            self.restarts[i] += 1
+            self.rollout[i] = self._spawn_rollout(i)
+            if self.published is not None:
+                self._load([i], self.published_version)
+        self.restart_round += 1
 
 
 def reward_model_actor(params: dict):
