@@ -195,27 +195,29 @@ class Cluster:
         timeout = self.recipe.rollout.sync_timeout_s
         if self.hybrid:
             return self._learners("sync_engine", version, timeout=timeout)[0]
-        futures = [h.submit("publish_weights") for h in self.learners]
-        self.published = wait(futures, timeout, "learners.publish_weights", fetch=False)[0]
-        self.published_version = version
+        self._publish(version)
         return self._with_restarts(lambda: self._load(range(len(self.rollout)), version))
+
+    def _publish(self, version: int, copy: bool = False) -> None:
+        """The learners' weights as `self.published` (an object-store reference on Ray); `copy`: an
+        in-process run's copy of the learner's live tensors, which its next update changes."""
+        futures = [h.submit("publish_weights") for h in self.learners]
+        self.published = wait(futures, self.recipe.rollout.sync_timeout_s, "learners.publish_weights", fetch=False)[0]
+        if copy and isinstance(self.published, _Done):
+            value = self.published.value
+            self.published = _Done({**value, "state": {k: v.clone() for k, v in value["state"].items()}})
+        self.published_version = version
 
     def offer(self, version: int) -> None:
         """Asynchronous GRPO: the learners' weights into every rollout worker's offer slot, as `version`
         (grpo/workers.py); returns once each holds them (checksum checked), not waiting for a rollout
         in flight, which takes them at its next rollout or decode step and proves them there."""
-        timeout = self.recipe.rollout.sync_timeout_s
-        futures = [h.submit("publish_weights") for h in self.learners]
-        self.published = wait(futures, timeout, "learners.publish_weights", fetch=False)[0]
-        if isinstance(self.published, _Done):  # in-process: the learner's live tensors, which its next update changes
-            value = self.published.value
-            self.published = _Done({**value, "state": {k: v.clone() for k, v in value["state"].items()}})
-        self.published_version = version
+        self._publish(version, copy=True)
         published = self.published.value if isinstance(self.published, _Done) else self.published
 
         def call():
-            wait([w.submit("offer_weights", published, version) for w in self.rollout], timeout,
-                 f"weight offer (version {version})")
+            wait([w.submit("offer_weights", published, version) for w in self.rollout],
+                 self.recipe.rollout.sync_timeout_s, f"weight offer (version {version})")
         self._with_restarts(call)
 
     def _load(self, workers, version: int) -> float:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from policy.logprobs import distinct_prompts  # the learner's own deduplication of prompts
+
 
 @dataclass(frozen=True)
 class FlopSpec:
@@ -49,12 +51,7 @@ def scored_rows_flops(spec: FlopSpec, input_ids: torch.Tensor, attention_mask: t
     over its prompt's cache."""
     p = input_ids.shape[1] - completion_width
     prompt, completion = attention_mask[:, :p].sum(1), attention_mask[:, p:].sum(1)
-    key = input_ids[:, :p].masked_fill(~attention_mask[:, :p], -1)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    firsts = {}
-    for row, group in enumerate(inverse.tolist()):
-        firsts.setdefault(group, row)
-    runs = [(0, int(prompt[r])) for r in firsts.values()]
+    runs = [(0, int(prompt[r])) for r in distinct_prompts(input_ids, attention_mask, p)[1].tolist()]
     runs += [(int(a), int(b)) for a, b in zip(prompt.tolist(), completion.tolist(), strict=True)]
     return spec.forward(runs)
 

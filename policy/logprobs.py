@@ -72,6 +72,17 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
     return logp, out
 
 
+def distinct_prompts(ids: torch.Tensor, attention: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inverse (N,): each row's distinct prompt, first (U,): the first row holding each) of the
+    left-padded prompt block, the first p columns (padding ignored)."""
+    n = ids.shape[0]
+    key = ids[:, :p].masked_fill(~attention[:, :p], -1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    rows = torch.arange(n, device=ids.device)
+    first = torch.full((int(inverse.max()) + 1,), n, device=ids.device).scatter_reduce(0, inverse, rows, "amin")
+    return inverse, first
+
+
 def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> tuple[list, object] | None:
     """The logits predicting the completion tokens, running each distinct prompt once: [(N, 1, V) for
     the first token, (N, C - 1, V) for the rest] (kept apart: a (N, C, V) copy costs seconds on CPU).
@@ -85,13 +96,9 @@ def _shared_prompt_logits(model, ids, attention, positions, c: int, kwargs) -> t
     p = width - c
     if c < 2 or p < 1:
         return None
-    key = ids[:, :p].masked_fill(~attention[:, :p], -1)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    distinct = int(inverse.max()) + 1
-    if distinct == n:
+    inverse, first = distinct_prompts(ids, attention, p)
+    if len(first) == n:
         return None
-    rows = torch.arange(n, device=ids.device)
-    first = torch.full((distinct,), n, device=ids.device).scatter_reduce(0, inverse, rows, "amin")
     prompt = model(input_ids=ids[first, :p], attention_mask=attention[first, :p].long(),
                    position_ids=positions[first, :p], use_cache=True, logits_to_keep=1, **kwargs)
     cache = cache_of(prompt)
