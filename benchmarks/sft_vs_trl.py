@@ -1,12 +1,14 @@
 """SFT throughput: our trainer vs TRL's SFTTrainer, SmolLM2-135M-Instruct, same work, one run.
 
-    python benchmarks/sft_vs_trl.py [--steps 6] [--batch 8] [--seq 256]
+    python benchmarks/sft_vs_trl.py [--steps 6] [--batch 8] [--seq 256] [--peer-keeps-freed-memory]
 
 Both train SmolLM2-135M-Instruct in fp32 on the CPU on the same synthetic multi-turn chats
 (benchmarks/make_synthetic_mixture.py), packed to `--seq` tokens, `--batch` rows per step,
 AdamW at the same lr, for `--steps` timed steps after one warm-up step. TRL runs with
 `bf16=False` (its default bf16 crawls on CPU), `packing=True` (BFD), no evaluation, no saving.
-We count the real (non-padding) tokens each side feeds the model and report tokens/s.
+We count the real (non-padding) tokens each side feeds the model and report tokens/s. Ours keeps
+freed host memory for reuse, as `deepalign sft` does (`train.keep_freed_memory`,
+train/host_memory.py); TRL runs with glibc's defaults unless `--peer-keeps-freed-memory`.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def run_ours(chats, args) -> tuple[float, int]:
     from sft.data import BatchOrder, rows_to_columns
     from sft.trainer import train_step
     from train.distributed import DistInfo
+    from train.host_memory import keep_freed_memory
     from train.recipe import recipe_from_dict
 
+    keep_freed_memory()  # as sft/trainer.py's train() does by default
     model, tokenizer = load_policy("smollm2-135m-instruct")
     model.train()
     rows = list(pack_documents((render_chat(tokenizer, c) for c in chats), args.seq, tokenizer.pad_token_id))
@@ -108,6 +112,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--chats", type=int, default=600)
+    parser.add_argument("--peer-keeps-freed-memory", action="store_true",
+                        help="run TRL with the malloc setting ours uses (train/host_memory.py)")
     args = parser.parse_args()
     torch.manual_seed(0)
     chats = synthetic_chats(args.chats)
@@ -115,8 +121,12 @@ def main() -> None:
           f"{args.steps} timed steps after 1 warm-up")
     ours_s, ours_tok = run_ours(chats, args)
     print(f"ours: {ours_s / args.steps:6.2f} s/step | {ours_tok / ours_s:7.1f} tokens/s")
+    from train.host_memory import keep_freed_memory
+
+    keep_freed_memory(args.peer_keeps_freed_memory)
     trl_s, trl_tok = run_trl(chats, args)
-    print(f"TRL : {trl_s / args.steps:6.2f} s/step | {trl_tok / trl_s:7.1f} tokens/s")
+    malloc = "freed memory kept, as ours" if args.peer_keeps_freed_memory else "glibc's default malloc"
+    print(f"TRL : {trl_s / args.steps:6.2f} s/step | {trl_tok / trl_s:7.1f} tokens/s ({malloc})")
     print(f"ratio: ours {(ours_tok / ours_s) / (trl_tok / trl_s):.2f}x TRL's tokens/s")
 
 

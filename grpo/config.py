@@ -198,7 +198,9 @@ class GRPOTrainConfig:
     routed experts (train/expert_parallel.py) and FSDP2 shards the rest; false = FSDP2 for all.
     seed: the learner's and the sampler's (step s, refill k samples with its own seed from it).
     freeze_router: keep the MoE routers' weights (`mlp.gate.weight`) fixed: routing then changes only
-    through the hidden states, one of the MoE-RL stabilisers (with routing replay)."""
+    through the hidden states, one of the MoE-RL stabilisers (with routing replay).
+    keep_freed_memory: learners and rollout workers keep freed host memory for reuse, so fresh large
+    tensors take no page faults (train/host_memory.py); false = glibc's defaults."""
 
     output_dir: str = "runs/grpo"
     mixed_precision: Literal["no", "bf16"] = "no"
@@ -213,6 +215,7 @@ class GRPOTrainConfig:
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     expert_parallel: bool = True
     freeze_router: bool = False
+    keep_freed_memory: bool = True
 
     def __post_init__(self):
         if self.steps < 1 or self.micro_batch_size < 1 or self.keep_checkpoints < 1:

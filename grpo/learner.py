@@ -39,6 +39,7 @@ from policy.lora import adapters_disabled, apply_lora, lora_layout, merged_state
 from train.checkpoint import load_checkpoint, save_checkpoint, save_final
 from train.distributed import all_reduce_sum, apply_fsdp, full_value, join_group
 from train.expert_parallel import apply_expert_parallel
+from train.host_memory import keep_freed_memory
 from train.optim import make_optimizer, make_scheduler, optimizer_step
 
 SUMS = ("loss", "kl", "clip_fraction", "entropy", "is_weight", "masked", "mismatch_kl")
@@ -49,6 +50,8 @@ class Learner:
                  port: int = 29500):
         self.recipe = recipe
         torch.set_num_threads(recipe.train.threads or os.cpu_count())  # Ray actors start with one thread
+        if recipe.train.keep_freed_memory:
+            keep_freed_memory()
         self.info = join_group(rank, world, address, port)
         torch.manual_seed(recipe.train.seed)
         p = recipe.policy

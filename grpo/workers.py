@@ -24,6 +24,7 @@ from grpo.config import GRPORecipe
 from grpo.learner import Learner
 from policy.logprobs import probe_tokens, sequence_logprobs
 from rollout.engine import Rollout, SamplingConfig, weights_checksum
+from train.host_memory import keep_freed_memory
 
 
 class WorkerError(RuntimeError):
@@ -95,6 +96,8 @@ class RolloutWorker:
 
     def __init__(self, recipe: GRPORecipe, index: int, threads: int | None = None):
         torch.set_num_threads(threads or os.cpu_count())  # Ray actors start with one thread
+        if recipe.train.keep_freed_memory:
+            keep_freed_memory()
         self.index = index
         self.engine = make_engine(recipe, index)
         self.tolerance = sync_tolerance(recipe)

@@ -41,7 +41,9 @@ class SFTDataConfig:
 
 @dataclass
 class TrainConfig:
-    """Steps = epochs * rows / (micro_batch_size * grad_accum * world) unless max_steps is set."""
+    """Steps = epochs * rows / (micro_batch_size * grad_accum * world) unless max_steps is set.
+    keep_freed_memory: freed host memory stays in the process for reuse, so fresh large tensors
+    take no page faults (train/host_memory.py); false = glibc's defaults."""
 
     output_dir: str = "runs/sft"
     epochs: float = 1.0
@@ -56,6 +58,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = True
     threads: int | None = None
+    keep_freed_memory: bool = True
 
     def __post_init__(self):
         if self.micro_batch_size < 1 or self.grad_accum < 1 or (self.max_steps is not None and self.max_steps < 1):

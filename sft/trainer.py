@@ -27,6 +27,7 @@ from sft.data import BatchOrder, SFTBatch, collate, load_rows, rank_micro_batche
 from sft.loss import count_targets, final_hidden_states, head_loss_sum, normalized_loss, target_token_loss_sum
 from train.checkpoint import latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint, save_final
 from train.distributed import DistInfo, all_reduce_sum, apply_fsdp, init_distributed, shutdown
+from train.host_memory import keep_freed_memory
 from train.interrupt import stop_on_interrupt, stopped
 from train.optim import make_optimizer, make_scheduler, optimizer_step
 from train.tracking import Tracker
@@ -180,6 +181,8 @@ def train(recipe: SFTRecipe) -> Path:
     cfg = recipe.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     seed_everything(cfg.seed)
     output_dir = prepare_output_dir(cfg.output_dir) if info.is_main else Path(cfg.output_dir)
     run = setup(recipe, info)
