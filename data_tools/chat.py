@@ -1,5 +1,5 @@
 """Rendering chats with the policy's chat template: training rows with assistant-only loss masks
-(`render_chat`) and prompts ready for generation (`encode_prompts`).
+(`render_chats`, `render_chat`) and prompts ready for generation (`encode_prompts`).
 
 `render_chat(tokenizer, messages)` returns token ids and a mask (True = the token is a training
 target). Assistant spans are found by rendering prefixes of the conversation: the text the
@@ -83,12 +83,33 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return text, _prefix_spans(tokenizer, messages, text)
 
 
-def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
-    """Token ids of the whole chat and the assistant-only loss mask (True = counts in the loss).
+def token_byte_lengths(tokenizer) -> np.ndarray | None:
+    """Bytes of text each token id stands for, for a byte-level BPE tokenizer with no normalizer
+    (GPT-2, SmolLM2, Llama 3, DeepSeek); None for any other tokenizer. Each character of a
+    byte-level vocabulary entry is one byte; an added token stands for its content's UTF-8 bytes."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or backend.normalizer is not None or type(backend.decoder).__name__ != "ByteLevel":
+        return None
+    size = backend.get_vocab_size(with_added_tokens=True)
+    table = getattr(tokenizer, "_deepalign_byte_lengths", None)  # built once per tokenizer object
+    if table is None or len(table) != size:
+        table = np.zeros(size, dtype=np.int64)
+        for token, i in backend.get_vocab(with_added_tokens=True).items():
+            table[i] = len(token)
+        for i, added in backend.get_added_tokens_decoder().items():
+            table[i] = len(added.content.encode("utf-8"))
+        tokenizer._deepalign_byte_lengths = table
+    return table
 
-    A token is a target when its first character lies inside an assistant span.
-    """
-    text, spans = assistant_spans(tokenizer, messages)
+
+def _mask_from_starts(starts: np.ndarray, spans: list[tuple[int, int]]) -> list[bool]:
+    mask = np.zeros(len(starts), dtype=bool)
+    for begin, end in spans:
+        mask |= (starts >= begin) & (starts < end)
+    return mask.tolist()
+
+
+def _mask_from_offsets(tokenizer, text: str, spans) -> tuple[list[int], list[bool]]:
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is not None:  # a fast tokenizer: call the Rust encoder directly (no Python per token)
         enc = backend.encode(text, add_special_tokens=False)
@@ -97,10 +118,49 @@ def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
     starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
-    mask = np.zeros(len(ids), dtype=bool)
-    for begin, end in spans:
-        mask |= (starts >= begin) & (starts < end)
-    return list(ids), mask.tolist()
+    return list(ids), _mask_from_starts(starts, spans)
+
+
+def _mask_from_bytes(text: str, ids: list[int], spans, table: np.ndarray) -> list[bool] | None:
+    """The mask from each token's byte length; None when the tokens do not spell the text's bytes
+    one for one (then the caller asks for character offsets)."""
+    lengths = table[np.asarray(ids, dtype=np.int64)]
+    ends = np.cumsum(lengths)
+    if text.isascii():
+        size, byte_spans = len(text), spans
+    else:
+        size = len(text.encode("utf-8"))
+        byte_spans = [(len(text[:b].encode("utf-8")), len(text[:e].encode("utf-8"))) for b, e in spans]
+    if (ends[-1] if len(ends) else 0) != size:
+        return None
+    return _mask_from_starts(ends - lengths, byte_spans)
+
+
+def render_chats(tokenizer, chats: list[list[dict]]) -> list[tuple[list[int], list[bool]]]:
+    """Token ids of each chat and its assistant-only loss mask (True = counts in the loss).
+
+    A token is a target when its first character lies inside an assistant span. For a byte-level
+    BPE tokenizer the chats are encoded in one batch without character offsets and each token's
+    start comes from the byte lengths of the tokens before it (a third faster); a chat whose
+    tokens do not add up to its bytes falls back to the tokenizer's offsets, which is exact for
+    any tokenizer.
+    """
+    rendered = [assistant_spans(tokenizer, messages) for messages in chats]
+    table = token_byte_lengths(tokenizer)
+    if table is None:
+        return [_mask_from_offsets(tokenizer, text, spans) for text, spans in rendered]
+    encodings = tokenizer._tokenizer.encode_batch_fast([text for text, _ in rendered], add_special_tokens=False)
+    out = []
+    for (text, spans), enc in zip(rendered, encodings, strict=True):
+        ids = enc.ids
+        mask = _mask_from_bytes(text, ids, spans, table)
+        out.append((ids, mask) if mask is not None else _mask_from_offsets(tokenizer, text, spans))
+    return out
+
+
+def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
+    """`render_chats` for one chat."""
+    return render_chats(tokenizer, [messages])[0]
 
 
 def encode_prompts(tokenizer, prompts: list, chat: bool = True) -> list[list[int]]:

@@ -86,10 +86,9 @@ def _fingerprint_chunk(chunk: list[tuple[int, list[dict]]]):
 
 
 def _render_chunk(chunk: list[list[dict]]):
-    from data_tools.chat import render_chat
+    from data_tools.chat import render_chats
 
-    tok = _W["tokenizer"]
-    return [render_chat(tok, messages) for messages in chunk]
+    return render_chats(_W["tokenizer"], chunk)
 
 
 # ---- pass 1: scan ------------------------------------------------------------------------------
