@@ -1,5 +1,5 @@
 """Rendering chats with the policy's chat template: training rows with assistant-only loss masks
-(`render_chats`, `render_chat`) and prompts ready for generation (`encode_prompts`).
+(`render_chat_arrays`, `render_chats`, `render_chat`) and prompts ready for generation (`encode_prompts`).
 
 `render_chat(tokenizer, messages)` returns token ids and a mask (True = the token is a training
 target). Assistant spans are found by rendering prefixes of the conversation: the text the
@@ -102,14 +102,14 @@ def token_byte_lengths(tokenizer) -> np.ndarray | None:
     return table
 
 
-def _mask_from_starts(starts: np.ndarray, spans: list[tuple[int, int]]) -> list[bool]:
+def _mask_from_starts(starts: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     mask = np.zeros(len(starts), dtype=bool)
     for begin, end in spans:
         mask |= (starts >= begin) & (starts < end)
-    return mask.tolist()
+    return mask
 
 
-def _mask_from_offsets(tokenizer, text: str, spans) -> tuple[list[int], list[bool]]:
+def _mask_from_offsets(tokenizer, text: str, spans) -> tuple[np.ndarray, np.ndarray]:
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is not None:  # a fast tokenizer: call the Rust encoder directly (no Python per token)
         enc = backend.encode(text, add_special_tokens=False)
@@ -118,13 +118,13 @@ def _mask_from_offsets(tokenizer, text: str, spans) -> tuple[list[int], list[boo
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
     starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
-    return list(ids), _mask_from_starts(starts, spans)
+    return np.array(ids, dtype=np.int32), _mask_from_starts(starts, spans)
 
 
-def _mask_from_bytes(text: str, ids: list[int], spans, table: np.ndarray) -> list[bool] | None:
+def _mask_from_bytes(text: str, ids: np.ndarray, spans, table: np.ndarray) -> np.ndarray | None:
     """The mask from each token's byte length; None when the tokens do not spell the text's bytes
     one for one (then the caller asks for character offsets)."""
-    lengths = table[np.asarray(ids, dtype=np.int64)]
+    lengths = table[ids]
     ends = np.cumsum(lengths)
     if text.isascii():
         size, byte_spans = len(text), spans
@@ -136,8 +136,9 @@ def _mask_from_bytes(text: str, ids: list[int], spans, table: np.ndarray) -> lis
     return _mask_from_starts(ends - lengths, byte_spans)
 
 
-def render_chats(tokenizer, chats: list[list[dict]]) -> list[tuple[list[int], list[bool]]]:
-    """Token ids of each chat and its assistant-only loss mask (True = counts in the loss).
+def render_chat_arrays(tokenizer, chats: list[list[dict]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Token ids of each chat (int32) and its assistant-only loss mask (bool, True = counts in the
+    loss), as NumPy arrays.
 
     A token is a target when its first character lies inside an assistant span. For a byte-level
     BPE tokenizer the chats are encoded in one batch without character offsets and each token's
@@ -152,10 +153,15 @@ def render_chats(tokenizer, chats: list[list[dict]]) -> list[tuple[list[int], li
     encodings = tokenizer._tokenizer.encode_batch_fast([text for text, _ in rendered], add_special_tokens=False)
     out = []
     for (text, spans), enc in zip(rendered, encodings, strict=True):
-        ids = enc.ids
+        ids = np.array(enc.ids, dtype=np.int32)
         mask = _mask_from_bytes(text, ids, spans, table)
         out.append((ids, mask) if mask is not None else _mask_from_offsets(tokenizer, text, spans))
     return out
+
+
+def render_chats(tokenizer, chats: list[list[dict]]) -> list[tuple[list[int], list[bool]]]:
+    """`render_chat_arrays` as Python lists."""
+    return [(ids.tolist(), mask.tolist()) for ids, mask in render_chat_arrays(tokenizer, chats)]
 
 
 def render_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:

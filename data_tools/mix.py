@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import pickle
 import tempfile
 import time
 from collections import Counter
@@ -27,9 +28,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from data_tools.chat import token_byte_lengths
 from data_tools.config import MixRecipe
 from data_tools.dedup import exact_duplicates, near_duplicates
-from data_tools.fingerprints import MinHasher, any_in_sorted, ngram_hashes, text_hash, word_hashes
+from data_tools.fingerprints import ngram_hashes, word_hashes
+from data_tools.mix_worker import fingerprint_chunk, init_worker, render_chunk
 from data_tools.packing import Packer, unpacked_row
 from data_tools.readers import count_rows, iter_rows, read_records
 from data_tools.schema import BadRowError, parse_chat
@@ -49,48 +52,6 @@ class SourceScan:
     signatures: np.ndarray  # (n, num_perm) uint32
     contaminated: np.ndarray  # (n,) bool
     repeats: np.ndarray | None = None  # (n,) int32, set by the sampling plan
-
-
-# ---- worker processes -------------------------------------------------------------------------
-
-_W: dict = {}
-
-
-def _init_worker(policy: str | None, num_perm: int, shingle: int, eval_index_file: str) -> None:
-    _W["hasher"] = MinHasher(num_perm)
-    _W["shingle"] = shingle
-    with np.load(eval_index_file) as saved:
-        _W["eval"] = {int(k): saved[k] for k in saved.files}
-    if policy is not None:
-        _W["tokenizer"] = load_tokenizer(policy)
-
-
-def _chat_text(messages: list[dict]) -> str:
-    return "\n".join(m["content"] for m in messages)
-
-
-def _fingerprint_chunk(chunk: list[tuple[int, list[dict]]]):
-    hasher, shingle, index = _W["hasher"], _W["shingle"], _W["eval"]
-    rows = np.array([n for n, _ in chunk], dtype=np.int64)
-    exact = np.empty(len(chunk), dtype=np.uint64)
-    sigs = np.empty((len(chunk), hasher.num_perm), dtype=np.uint32)
-    contaminated = np.zeros(len(chunk), dtype=bool)
-    for i, (_, messages) in enumerate(chunk):
-        text = _chat_text(messages)
-        exact[i] = text_hash(text)
-        words = word_hashes(text)
-        sigs[i] = hasher.signature(ngram_hashes(words, shingle))
-        for n, table in index.items():
-            if len(words) >= n and any_in_sorted(ngram_hashes(words, n), table):
-                contaminated[i] = True
-                break
-    return rows, exact, sigs, contaminated
-
-
-def _render_chunk(chunk: list[list[dict]]):
-    from data_tools.chat import render_chats
-
-    return render_chats(_W["tokenizer"], chunk)
 
 
 # ---- pass 1: scan ------------------------------------------------------------------------------
@@ -123,6 +84,16 @@ def _save_index(directory: str, index: dict[int, np.ndarray]) -> str:
     return path
 
 
+def _save_tokenizer(directory: str, tokenizer) -> str:
+    """The tokenizer pickled whole (its class, template and byte-length table), so a worker gets
+    exactly the parent's tokenizer without importing what loading a checkpoint imports."""
+    token_byte_lengths(tokenizer)  # built once here, travels with the pickle
+    path = str(Path(directory) / "tokenizer.pkl")
+    with open(path, "wb") as f:
+        pickle.dump(tokenizer, f)
+    return path
+
+
 def _chunks(iterable, size: int) -> Iterator[list]:
     it = iter(iterable)
     while chunk := list(islice(it, size)):
@@ -140,7 +111,7 @@ def scan_source(path: str, name: str, total: int, recipe: MixRecipe, pool, progr
     rows, exact = np.zeros(total, np.int64), np.zeros(total, np.uint64)
     sigs, cont = np.zeros((total, recipe.dedup.num_perm), np.uint32), np.zeros(total, bool)
     filled = 0
-    for chunk_rows, chunk_exact, chunk_sigs, chunk_cont in pool.imap(_fingerprint_chunk,
+    for chunk_rows, chunk_exact, chunk_sigs, chunk_cont in pool.imap(fingerprint_chunk,
                                                                        _chunks(valid, recipe.chunk_rows)):
         end = filled + len(chunk_rows)
         rows[filled:end], exact[filled:end], sigs[filled:end], cont[filled:end] = (
@@ -246,15 +217,16 @@ def emit_rows(chats: Iterator[list[dict]], recipe: MixRecipe, pool, writer: Shar
     """Render chats in the pool, pack (or truncate) them into rows and write the shards; returns the
     number of truncated unpacked rows."""
     truncated = 0
-    for docs in pool.imap(_render_chunk, _chunks(chats, recipe.chunk_rows)):
-        for ids, mask in docs:
+    for ids, mask, lengths in pool.imap(render_chunk, _chunks(chats, recipe.chunk_rows)):
+        ends = np.cumsum(lengths).tolist()
+        for start, end in zip([0, *ends[:-1]], ends, strict=True):
             if recipe.pack:
-                for row in packer.add(ids, mask):
+                for row in packer.add(ids[start:end], mask[start:end]):
                     writer.write(row)
             else:
-                truncated += len(ids) > recipe.max_length
-                writer.write(unpacked_row(ids, mask, recipe.max_length))
-        advance(len(docs))
+                truncated += end - start > recipe.max_length
+                writer.write(unpacked_row(ids[start:end], mask[start:end], recipe.max_length))
+        advance(len(lengths))
     for row in packer.flush():
         writer.write(row)
     return truncated
@@ -274,15 +246,18 @@ def build_mixture(recipe: MixRecipe, console: Console | None = None) -> dict:
     index = eval_ngram_index(recipe.decontaminate.eval_files, recipe.decontaminate.ngram)
     totals = [count_rows(s.path) for s in recipe.sources]
 
-    # The index goes to the workers as a file: spawn pickles a worker's arguments into a pipe, and
-    # arguments larger than the pipe's buffer hold the parent until that worker has imported this
-    # module, so the workers would start one after another (7 s of 29 at 50k chats).
+    tokenizer = load_tokenizer(recipe.policy)
+
+    # The index and the tokenizer go to the workers as files: spawn pickles a worker's arguments
+    # into a pipe, and arguments larger than the pipe's buffer hold the parent until that worker
+    # has started, so the workers would start one after another (7 s of 29 at 50k chats).
     ctx = mp.get_context("spawn")
-    init = (recipe.policy, recipe.dedup.num_perm, recipe.dedup.shingle)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with tempfile.TemporaryDirectory(prefix="deepalign-mix-") as tmp, \
-            ctx.Pool(recipe.workers, initializer=_init_worker, initargs=(*init, _save_index(tmp, index))) as pool, \
+            ctx.Pool(recipe.workers, initializer=init_worker,
+                     initargs=(_save_tokenizer(tmp, tokenizer), recipe.dedup.num_perm, recipe.dedup.shingle,
+                               _save_index(tmp, index))) as pool, \
             Progress(*columns, console=console, transient=False) as progress:
         scans = []
         for spec, name, total in zip(recipe.sources, names, totals, strict=True):
@@ -290,7 +265,6 @@ def build_mixture(recipe: MixRecipe, console: Console | None = None) -> dict:
             scans.append(scan_source(spec.path, name, total, recipe, pool, progress, task))
         decide_drops(scans, recipe)
         plan_rows(scans, recipe, rng)
-        tokenizer = load_tokenizer(recipe.policy)
         writer = ShardWriter(Path(recipe.output_dir), recipe.shard_rows)
         packer = Packer(recipe.max_length, pad_token_id(tokenizer))
         task = progress.add_task("render + pack", total=sum(s.counts["rows_out"] for s in scans))

@@ -13,25 +13,31 @@ the pool is full the fullest row is closed. Documents longer than the row are tr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass
 class PackedRow:
-    """One training row. loss_mask[t] True = token t is a target; num_tokens = real tokens."""
+    """One training row. loss_mask[t] True = token t is a target; num_tokens = real tokens.
+    Arrays: input_ids and position_ids int32, loss_mask bool."""
 
-    input_ids: list[int]
-    position_ids: list[int]
-    loss_mask: list[bool]
+    input_ids: np.ndarray
+    position_ids: np.ndarray
+    loss_mask: np.ndarray
     num_tokens: int
 
 
-@dataclass
 class _OpenRow:
-    ids: list[int] = field(default_factory=list)
-    pos: list[int] = field(default_factory=list)
-    mask: list[bool] = field(default_factory=list)
+    """A row being filled: preallocated columns and how many tokens they hold."""
+
+    def __init__(self, max_length: int):
+        self.ids = np.empty(max_length, dtype=np.int32)
+        self.pos = np.empty(max_length, dtype=np.int32)
+        self.mask = np.empty(max_length, dtype=np.bool_)
+        self.n = 0
 
 
 class Packer:
@@ -43,47 +49,47 @@ class Packer:
         self.pool_size = pool_size
         self.open: list[_OpenRow] = []
         self.truncated = 0
+        self._arange = np.arange(max_length, dtype=np.int32)
 
     def _close(self, row: _OpenRow) -> PackedRow:
-        n = len(row.ids)
-        pad = self.max_length - n
-        return PackedRow(
-            input_ids=row.ids + [self.pad_id] * pad,
-            position_ids=row.pos + list(range(pad)),
-            loss_mask=row.mask + [False] * pad,
-            num_tokens=n,
-        )
+        n = row.n
+        row.ids[n:] = self.pad_id
+        row.pos[n:] = self._arange[: self.max_length - n]
+        row.mask[n:] = False
+        return PackedRow(input_ids=row.ids, position_ids=row.pos, loss_mask=row.mask, num_tokens=n)
 
-    def add(self, ids: list[int], mask: list[bool]) -> list[PackedRow]:
-        # A document's first token is never a target: unpacked it has no left context, and packed
-        # it must not be predicted from the previous document.
-        mask = [False, *mask[1:len(ids)]]
+    def add(self, ids: Sequence[int] | np.ndarray, mask: Sequence[bool] | np.ndarray) -> list[PackedRow]:
+        k = min(len(ids), self.max_length)
         if len(ids) > self.max_length:
-            ids, mask = ids[: self.max_length], mask[: self.max_length]
             self.truncated += 1
         done = []
         best, best_room = None, self.max_length + 1
         for row in self.open:
-            room = self.max_length - len(row.ids) - len(ids)
+            room = self.max_length - row.n - k
             if 0 <= room < best_room:
                 best, best_room = row, room
         if best is None:
             if len(self.open) >= self.pool_size:
-                fullest = max(self.open, key=lambda r: len(r.ids))
+                fullest = max(self.open, key=lambda r: r.n)
                 self.open.remove(fullest)
                 done.append(self._close(fullest))
-            best = _OpenRow()
+            best = _OpenRow(self.max_length)
             self.open.append(best)
-        best.ids.extend(ids)
-        best.pos.extend(range(len(ids)))
-        best.mask.extend(mask)
-        if len(best.ids) == self.max_length:
+        n = best.n
+        best.ids[n : n + k] = ids[:k]
+        best.pos[n : n + k] = self._arange[:k]
+        best.mask[n : n + k] = mask[:k]
+        # A document's first token is never a target: unpacked it has no left context, and packed
+        # it must not be predicted from the previous document.
+        best.mask[n : n + 1] = False
+        best.n = n + k
+        if best.n == self.max_length:
             self.open.remove(best)
             done.append(self._close(best))
         return done
 
     def flush(self) -> list[PackedRow]:
-        rows = [self._close(r) for r in self.open if r.ids]
+        rows = [self._close(r) for r in self.open if r.n]
         self.open = []
         return rows
 
@@ -96,7 +102,9 @@ def pack_documents(docs, max_length: int, pad_id: int) -> Iterator[PackedRow]:
     yield from packer.flush()
 
 
-def unpacked_row(ids: list[int], mask: list[bool], max_length: int) -> PackedRow:
+def unpacked_row(ids: Sequence[int] | np.ndarray, mask: Sequence[bool] | np.ndarray, max_length: int) -> PackedRow:
     """One document per row, truncated to max_length, no padding (the collator pads)."""
-    ids, mask = ids[:max_length], [False, *mask[1:max_length]]
-    return PackedRow(list(ids), list(range(len(ids))), mask[: len(ids)], len(ids))
+    n = min(len(ids), max_length)
+    row_mask = np.array(mask[:n], dtype=np.bool_)
+    row_mask[:1] = False
+    return PackedRow(np.array(ids[:n], dtype=np.int32), np.arange(n, dtype=np.int32), row_mask, n)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,10 @@ SCHEMA = pa.schema([
 ])
 
 
-def _flat(rows: list[PackedRow], column: str, dtype, total: int) -> np.ndarray:
+def _flat(rows: list[PackedRow], column: str, dtype) -> np.ndarray:
     """One column of the rows as one flat array (Arrow builds its lists from offsets into it, which
     is several times faster than converting nested Python lists)."""
-    return np.fromiter(chain.from_iterable(getattr(r, column) for r in rows), dtype=dtype, count=total)
+    return np.concatenate([getattr(r, column) for r in rows]).astype(dtype, copy=False)
 
 
 class ShardWriter:
@@ -60,10 +59,10 @@ class ShardWriter:
         rows = self._pending
         offsets = np.zeros(len(rows) + 1, dtype=np.int32)
         np.cumsum([len(r.input_ids) for r in rows], out=offsets[1:])
-        mask = _flat(rows, "loss_mask", np.bool_, int(offsets[-1]))
+        mask = _flat(rows, "loss_mask", np.bool_)
         batch = pa.record_batch([
-            pa.ListArray.from_arrays(offsets, _flat(rows, "input_ids", np.int32, int(offsets[-1]))),
-            pa.ListArray.from_arrays(offsets, _flat(rows, "position_ids", np.int32, int(offsets[-1]))),
+            pa.ListArray.from_arrays(offsets, _flat(rows, "input_ids", np.int32)),
+            pa.ListArray.from_arrays(offsets, _flat(rows, "position_ids", np.int32)),
             pa.ListArray.from_arrays(offsets, mask),
             pa.array([r.num_tokens for r in rows], type=pa.int32()),
         ], schema=SCHEMA)

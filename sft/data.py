@@ -48,9 +48,9 @@ class SFTBatch:
 
 def rows_to_columns(rows: list[PackedRow]) -> dict[str, list]:
     return {
-        "input_ids": [r.input_ids for r in rows],
-        "position_ids": [r.position_ids for r in rows],
-        "loss_mask": [r.loss_mask for r in rows],
+        "input_ids": [r.input_ids.tolist() for r in rows],
+        "position_ids": [r.position_ids.tolist() for r in rows],
+        "loss_mask": [r.loss_mask.tolist() for r in rows],
         "num_tokens": [r.num_tokens for r in rows],
     }
 

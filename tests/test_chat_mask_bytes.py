@@ -34,7 +34,8 @@ CHATS = [
 
 def _by_offsets(tok, chat):
     text, spans = assistant_spans(tok, chat)
-    return _mask_from_offsets(tok, text, spans)
+    ids, mask = _mask_from_offsets(tok, text, spans)
+    return ids.tolist(), mask.tolist()
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,8 @@ def test_byte_masks_equal_offset_masks(which, smollm2):
 def test_byte_masks_hand_computed():
     # "aé" + "b" as tokens of 1, 2 (é is two bytes) and 1 bytes; the span covers characters [1, 3)
     table = [0, 1, 2, 1]
-    assert _mask_from_bytes("aéb", [1, 2, 3], [(1, 3)], np.array(table)) == [False, True, True]
-    assert _mask_from_bytes("aéb", [1, 2], [(1, 3)], np.array(table)) is None  # 3 bytes of 4: fall back
+    assert _mask_from_bytes("aéb", np.array([1, 2, 3]), [(1, 3)], np.array(table)).tolist() == [False, True, True]
+    assert _mask_from_bytes("aéb", np.array([1, 2]), [(1, 3)], np.array(table)) is None  # 3 bytes of 4: fall back
 
 
 def test_tokens_that_swallow_whitespace_fall_back_to_offsets(smollm2):
@@ -77,7 +78,7 @@ def test_tokens_that_swallow_whitespace_fall_back_to_offsets(smollm2):
     tok.add_tokens([AddedToken("<tool>", rstrip=True, lstrip=True)])  # absorbs the spaces around it
     chat = [{"role": "user", "content": "call   <tool>   now"}, {"role": "assistant", "content": "ok <tool>  done"}]
     text, spans = assistant_spans(tok, chat)
-    ids = tok._tokenizer.encode(text, add_special_tokens=False).ids
+    ids = np.array(tok._tokenizer.encode(text, add_special_tokens=False).ids)
     assert _mask_from_bytes(text, ids, spans, token_byte_lengths(tok)) is None
     assert render_chats(tok, [chat]) == [_by_offsets(tok, chat)]
 

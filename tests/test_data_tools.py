@@ -115,6 +115,19 @@ def test_mix_end_to_end(tmp_path):
     rows_and_lengths = zip(data["position_ids"], data["num_tokens"], strict=True)
     docs = sum(sum(1 for p in row[:n] if p == 0) for row, n in rows_and_lengths)
     assert docs == 90  # every emitted chat, packed whole
+    # each packed document is a chat rendered as render_chat renders it, mask and all (truncated
+    # to the row's 512 tokens)
+    from data_tools.chat import render_chat
+    from policy.tokenizer import byte_chat_tokenizer
+
+    tok = byte_chat_tokenizer()
+    rendered = {tuple(ids[:512]): [False, *mask[1:512]] for ids, mask in
+                (render_chat(tok, c["messages"]) for c in [*helpful, *safety])}
+    for ids, pos, mask, n in zip(data["input_ids"], data["position_ids"], data["loss_mask"], data["num_tokens"],
+                                 strict=True):
+        starts = [t for t in range(n) if pos[t] == 0] + [n]
+        for a, b in zip(starts, starts[1:], strict=False):
+            assert rendered[tuple(ids[a:b])] == mask[a:b]
     assert not (out.parent / "mix.tmp").exists()
 
     bad = MixRecipe(sources=[SourceSpec(str(tmp_path / "helpful.jsonl"))], output_dir=str(tmp_path / "m2"),
@@ -124,12 +137,34 @@ def test_mix_end_to_end(tmp_path):
     assert not (tmp_path / "m2").exists()
 
     # The trainer reads the mixture directly.
-    from policy.tokenizer import byte_chat_tokenizer
     from sft.config import SFTDataConfig
     from sft.data import load_rows
 
     rows = load_rows(SFTDataConfig(source=str(out)), byte_chat_tokenizer())
     assert len(rows) == manifest["rows"]
+
+
+def test_mixer_workers_never_import_torch(tmp_path):
+    """A spawned worker imports only data_tools.mix_worker and unpickles the tokenizer: importing
+    torch would cost each worker seconds before its first chunk."""
+    import pickle
+    import subprocess
+    import sys
+
+    from policy.tokenizer import byte_chat_tokenizer
+
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    tok = byte_chat_tokenizer()
+    (tmp_path / "tok.pkl").write_bytes(pickle.dumps(tok))
+    np.savez(tmp_path / "index.npz", **{"13": np.array([1, 2], dtype=np.uint64)})
+    code = ("import sys; from data_tools import mix_worker as w; "
+            f"w.init_worker({str(tmp_path / 'tok.pkl')!r}, 8, 5, {str(tmp_path / 'index.npz')!r}); "
+            f"ids, mask, n = w.render_chunk([{chat!r}]); "
+            "print(int(n[0]), int(mask.sum()), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    tokens = len(tok.apply_chat_template(chat, tokenize=True, return_dict=False))
+    assert out == [str(tokens), "3", "False"]  # the targets are "y", "o", "<|im_end|>"
 
 
 def test_inspect_mixture_writes_histogram(tmp_path):

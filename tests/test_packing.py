@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,12 +27,13 @@ def test_rows_hold_whole_documents_with_restarting_positions():
     assert all(len(r.input_ids) == 64 for r in rows)
     recovered = []
     for r in rows:
-        assert all(i == 999 for i in r.input_ids[r.num_tokens:])
-        assert not any(r.loss_mask[r.num_tokens:])
-        starts = [t for t in range(r.num_tokens) if r.position_ids[t] == 0] + [r.num_tokens]
+        ids, pos, mask = r.input_ids.tolist(), r.position_ids.tolist(), r.loss_mask.tolist()
+        assert all(i == 999 for i in ids[r.num_tokens:])
+        assert not any(mask[r.num_tokens:])
+        starts = [t for t in range(r.num_tokens) if pos[t] == 0] + [r.num_tokens]
         for a, b in zip(starts, starts[1:], strict=False):
-            assert r.position_ids[a:b] == list(range(b - a))
-            recovered.append((r.input_ids[a:b], r.loss_mask[a:b]))
+            assert pos[a:b] == list(range(b - a))
+            recovered.append((ids[a:b], mask[a:b]))
     # every document exactly once; its first token is never a target (no context to predict it from)
     expected = [(ids, [False, *mask[1:]]) for ids, mask in docs]
     assert sorted(map(str, recovered)) == sorted(map(str, expected))
@@ -41,7 +43,23 @@ def test_rows_hold_whole_documents_with_restarting_positions():
 def test_long_documents_are_truncated_and_counted():
     packer = Packer(8, pad_id=0)
     rows = packer.add(list(range(20)), [True] * 20)
-    assert packer.truncated == 1 and rows[0].input_ids == list(range(8))
+    assert packer.truncated == 1 and rows[0].input_ids.tolist() == list(range(8))
+    assert rows[0].loss_mask.tolist() == [False] + [True] * 7
+
+
+def test_best_fit_by_hand():
+    # rows of 10; documents of 6, 3, 4, 1 tokens (ids = document number, every token a target):
+    # 6 opens row A; 3 fits A best (room 1); 4 does not fit A, opens B; 1 fills A exactly, which
+    # closes it; flush closes B, padded with 0 and positions counting on from 0.
+    packer = Packer(10, pad_id=0)
+    docs = [([d] * n, [True] * n) for d, n in [(1, 6), (2, 3), (3, 4), (4, 1)]]
+    out = [row for ids, mask in docs for row in packer.add(ids, mask)] + packer.flush()
+    assert [r.input_ids.tolist() for r in out] == [[1] * 6 + [2] * 3 + [4], [3] * 4 + [0] * 6]
+    assert [r.position_ids.tolist() for r in out] == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 0], [0, 1, 2, 3, 0, 1, 2, 3, 4, 5]]
+    assert [r.loss_mask.tolist() for r in out] == [[False] + [True] * 5 + [False, True, True, False],
+                                                   [False, True, True, True] + [False] * 6]
+    assert [r.num_tokens for r in out] == [10, 4]
+    assert out[0].input_ids.dtype == np.int32 and out[0].loss_mask.dtype == np.bool_
 
 
 def test_chat_mask_matches_transformers_generation_mask():
