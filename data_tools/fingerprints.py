@@ -33,6 +33,13 @@ def word_hashes(text: str) -> np.ndarray:
     return np.fromiter((zlib.crc32(w.encode()) for w in _WORD.findall(text.lower())), dtype=np.uint64)
 
 
+def text_and_word_hashes(text: str) -> tuple[int, np.ndarray]:
+    """(text_hash(text), word_hashes(text)) from one pass over the words."""
+    words = _WORD.findall(text.lower())
+    digest = hashlib.blake2b(" ".join(words).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little"), np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64)
+
+
 def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:
     """uint64 hash of every run of n consecutive words (a polynomial over the word hashes)."""
     if len(words) < n:

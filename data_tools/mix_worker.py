@@ -15,7 +15,7 @@ import pickle
 import numpy as np
 
 from data_tools.chat import render_chat_arrays
-from data_tools.fingerprints import MinHasher, any_in_sorted, ngram_hashes, text_hash, word_hashes
+from data_tools.fingerprints import MinHasher, any_in_sorted, ngram_hashes, text_and_word_hashes
 
 _W: dict = {}
 
@@ -44,8 +44,7 @@ def fingerprint_chunk(chunk: list[tuple[int, list[dict]]]):
     contaminated = np.zeros(len(chunk), dtype=bool)
     for i, (_, messages) in enumerate(chunk):
         text = chat_text(messages)
-        exact[i] = text_hash(text)
-        words = word_hashes(text)
+        exact[i], words = text_and_word_hashes(text)
         sigs[i] = hasher.signature(ngram_hashes(words, shingle))
         for n, table in index.items():
             if len(words) >= n and any_in_sorted(ngram_hashes(words, n), table):

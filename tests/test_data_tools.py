@@ -10,7 +10,14 @@ import pytest
 
 from data_tools.config import DecontamConfig, MixRecipe, SourceSpec
 from data_tools.dedup import exact_duplicates, near_duplicates
-from data_tools.fingerprints import MinHasher, estimated_jaccard, ngram_hashes, text_hash, word_hashes
+from data_tools.fingerprints import (
+    MinHasher,
+    estimated_jaccard,
+    ngram_hashes,
+    text_and_word_hashes,
+    text_hash,
+    word_hashes,
+)
 from data_tools.mix import build_mixture, sampling_plan
 from data_tools.readers import count_rows, read_records
 from data_tools.schema import BadRowError, parse_chat, parse_prompt
@@ -61,6 +68,9 @@ def test_readers_jsonl_parquet_datasets_and_bad_rows(tmp_path):
 
 def test_fingerprints_and_dedup_decisions():
     assert text_hash("Hello,  World!") == text_hash("hello world")
+    for text in ("Hello,  World!", "", "naïve café, 日本語 x_1 x-1", "a\nb\tc"):
+        h, words = text_and_word_hashes(text)
+        assert h == text_hash(text) and np.array_equal(words, word_hashes(text))
     hashes = np.array([1, 2, 1, 3, 2], dtype=np.uint64)
     assert exact_duplicates(hashes).tolist() == [False, False, True, False, True]
     base = " ".join(f"t{i}" for i in range(60))
