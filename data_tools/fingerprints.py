@@ -19,25 +19,36 @@ _MERSENNE = np.uint64((1 << 61) - 1)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _digest(words: list[str]) -> int:
+    return int.from_bytes(hashlib.blake2b(" ".join(words).encode(), digest_size=8).digest(), "little")
+
+
+def _crc32s(words: list[str]) -> np.ndarray:
+    return np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+
+
 def normalize(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(_words(text))
 
 
 def text_hash(text: str) -> int:
     """64-bit hash of the normalised text (exact dedup)."""
-    return int.from_bytes(hashlib.blake2b(normalize(text).encode(), digest_size=8).digest(), "little")
+    return _digest(_words(text))
 
 
 def word_hashes(text: str) -> np.ndarray:
     """uint64 hash per lower-cased word."""
-    return np.fromiter((zlib.crc32(w.encode()) for w in _WORD.findall(text.lower())), dtype=np.uint64)
+    return _crc32s(_words(text))
 
 
 def text_and_word_hashes(text: str) -> tuple[int, np.ndarray]:
     """(text_hash(text), word_hashes(text)) from one pass over the words."""
-    words = _WORD.findall(text.lower())
-    digest = hashlib.blake2b(" ".join(words).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little"), np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64)
+    words = _words(text)
+    return _digest(words), _crc32s(words)
 
 
 def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:

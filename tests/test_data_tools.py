@@ -1,6 +1,8 @@
 """data_tools: schema errors name file and row, readers for three formats, fingerprints, the mixer."""
 
+import hashlib
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,10 @@ def test_fingerprints_and_dedup_decisions():
     for text in ("Hello,  World!", "", "naïve café, 日本語 x_1 x-1", "a\nb\tc"):
         h, words = text_and_word_hashes(text)
         assert h == text_hash(text) and np.array_equal(words, word_hashes(text))
+    # against hashlib and zlib directly: blake2b of the normalised text, crc32 per word
+    h, words = text_and_word_hashes("Hello,  World!")
+    assert h == int.from_bytes(hashlib.blake2b(b"hello world", digest_size=8).digest(), "little")
+    assert words.tolist() == [zlib.crc32(b"hello"), zlib.crc32(b"world")]
     hashes = np.array([1, 2, 1, 3, 2], dtype=np.uint64)
     assert exact_duplicates(hashes).tolist() == [False, False, True, False, True]
     base = " ".join(f"t{i}" for i in range(60))
