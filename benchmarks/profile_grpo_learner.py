@@ -3,6 +3,10 @@ benchmarks/grpo_vs_trl.py (SmolLM2-135M-Instruct, 4 prompts x G = 4, 32 new toke
 fp32, one micro-batch of 16).
 
     python benchmarks/profile_grpo_learner.py [--policy smollm2-135m-instruct] [--tokens 32] [--steps 3] [--rows 20]
+    python benchmarks/profile_grpo_learner.py --per-step 6
+
+`--per-step N` runs N unprofiled steps from the first and prints each one's seconds, minor page faults
+and system / user time (getrusage): how many steps the heap takes to grow, and the steady step after.
 
 The completions are sampled once by our engine from the built-in arithmetic prompts; then one
 warm-up step and `--steps` profiled steps of `Learner.train_step`. Prints the seconds per step,
@@ -14,6 +18,7 @@ costliest ops.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import torch
@@ -63,14 +68,27 @@ def build(policy: str, tokens: int):
     return learner, build_batch(rollout, advantages, learner.tokenizer.pad_token_id)
 
 
+def per_step(learner, batch, steps: int) -> None:
+    for i in range(steps):
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        learner.train_step(batch)
+        seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        print(f"step {i}: {seconds:.2f} s, faults {after.ru_minflt - before.ru_minflt}, "
+              f"sys {after.ru_stime - before.ru_stime:.2f}, user {after.ru_utime - before.ru_utime:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per completion")
+    parser.add_argument("--per-step", type=int, default=0, metavar="N",
+                        help="instead of profiling: time N steps from the first, with their page faults")
     args = parser.parse_args()
     learner, batch = build(args.policy, args.tokens)
+    if args.per_step:
+        return per_step(learner, batch, args.per_step)
     learner.train_step(batch)  # warm-up
     seconds, metrics = [], {}
     with profile(activities=[ProfilerActivity.CPU]) as prof:
