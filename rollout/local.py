@@ -40,6 +40,7 @@ from rollout.routing_record import RoutingRecorder
 from rollout.sampling import sample_with_logprob
 
 MIN_SHARED_PREFIX = 4  # tokens; a shorter common prefix is not worth its extra forward
+PROBE_DECODE_STEPS = 2  # single-token steps at the end of a weight-sync probe (`LocalEngine.probe`)
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,13 +93,15 @@ class LocalEngine:
 
     @torch.no_grad()
     def probe(self, tokens: list[int]) -> list[float]:
-        """log p(tokens[i] | tokens[:i]) for i >= 1 through the engine's own decoder: its first half as
-        one prefill, the rest as single-token steps (which run the fused weights a load rebuilt)."""
+        """log p(tokens[i] | tokens[:i]) for i >= 1 through the engine's own decoder: all but the last
+        PROBE_DECODE_STEPS tokens as one prefill, then single-token steps over that cache (the decode
+        path: absorbed MLA, the fused weights a load rebuilt). Each step at batch 1 reads every weight
+        once (SmolLM2 fp32: ~23 ms), so a short decode tail keeps the check and drops most of its cost."""
         device = self.model.get_input_embeddings().weight.device
-        half = max(len(tokens) // 2, 1)
+        prefill = max(len(tokens) - 1 - PROBE_DECODE_STEPS, 1)
         cache = self.decoder.allocate(1, len(tokens))
-        logits = [self.decoder.forward(torch.tensor([tokens[:half]], device=device), cache)[0]]
-        for t in tokens[half:-1]:
+        logits = [self.decoder.forward(torch.tensor([tokens[:prefill]], device=device), cache)[0]]
+        for t in tokens[prefill:-1]:
             logits.append(self.decoder.forward(torch.tensor([[t]], device=device), cache)[0])
         logp = torch.cat(logits).float().log_softmax(-1)
         return logp.gather(1, torch.tensor(tokens[1:], device=device).unsqueeze(1)).squeeze(1).cpu().tolist()

@@ -299,3 +299,34 @@ def test_a_bf16_engine_copy_is_proven_bit_for_bit_too():
     weight[0, 0, 0] = weight[0, 0, 0] * 2 + 0.5  # one value of one expert
     with pytest.raises(WorkerError, match="the engine's weights differ from the ones sent"):
         verify_sync(engine, published, 1, 1.0, "rollout worker 0")
+
+
+@pytest.mark.parametrize("policy", ["tiny", "llama"])
+def test_the_probe_catches_a_load_that_left_the_decoder_stale(policy):
+    """New parameters under a decoder whose fused/absorbed weights were not rebuilt: the module's
+    checksum passes, so the probe must tell. On MLA only its short decode tail runs the absorbed
+    weights (with PROBE_DECODE_STEPS = 0 the tiny case passes unnoticed)."""
+    import copy
+
+    from grpo.workers import WorkerError, verify_sync
+    from policy.logprobs import probe_tokens, sequence_logprobs
+    from policy.tokenizer import byte_chat_tokenizer
+
+    if policy == "tiny":
+        learner, tokenizer = load_policy("tiny")
+    else:
+        tokenizer, learner = byte_chat_tokenizer(), _small_llama(256, 512)
+        learner.resize_token_embeddings(len(tokenizer))
+    engine = LocalEngine(copy.deepcopy(learner), tokenizer)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    tokens = probe_tokens(learner.config.vocab_size)
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    published = {"state": state, "checksum": weights_checksum(state), "probe": {
+        "tokens": tokens, "logprobs": sequence_logprobs(learner, tokens)}}
+    engine.model.load_state_dict(state)  # what load_weights does, less the decoder's refresh
+    with pytest.raises(WorkerError, match="did not land"):
+        verify_sync(engine, published, 2, 2e-3, "rollout worker 0")
+    engine.load_weights(state, 2)
+    assert verify_sync(engine, published, 2, 2e-3, "rollout worker 0") < 1e-4

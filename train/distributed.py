@@ -93,5 +93,8 @@ def barrier(info: DistInfo) -> None:
 
 
 def shutdown(info: DistInfo) -> None:
+    """Tear the group down together: a barrier first, so no rank destroys its end while a peer is
+    still between its last collective and its own teardown (CI once saw rank 1 abort at exit)."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
