@@ -1,6 +1,6 @@
 """Seconds per GRPO step: deepalign vs TRL's GRPOTrainer, same model, prompts and settings.
 
-    python benchmarks/grpo_vs_trl.py [--steps 4] [--peer-keeps-freed-memory]
+    python benchmarks/grpo_vs_trl.py [--steps 4] [--warmup 2] [--peer-keeps-freed-memory] [--only "hybrid, fp32"]
 
 SmolLM2-135M-Instruct on CPU, G = 4, 4 prompts per step, 32 new tokens, beta = 0.04, lr 1e-6,
 reward math_accuracy on the built-in arithmetic prompts (the same rows for both). TRL's
@@ -12,7 +12,10 @@ driver on a local Ray cluster three times:
   (`ray.placement: hybrid`, the recipes' CPU setting), so a weight sync is an in-process copy;
 - "hybrid, bf16": as above with a bf16 engine copy and bf16 autocast in the learner over fp32
   weights (`train.mixed_precision: bf16`).
-The first step of each run is warm-up and not counted. Ours prints its split: rollout, reward,
+The first `--warmup` steps of each run (ours and TRL's alike) are not counted: a CPU process's heap
+takes two steps to stop growing (first-touch page faults, benchmarks/profile_grpo_learner.py
+--per-step), and a long run lives in the steady state after them. `--only` runs just the named
+configurations of ours (labels as printed, ";"-separated). Ours prints its split: rollout, reward,
 learner, weight sync. Our workers keep freed host memory for reuse (`train.keep_freed_memory`,
 train/host_memory.py); TRL runs with glibc's defaults, as its users get it, unless
 `--peer-keeps-freed-memory` gives it the same setting.
@@ -30,7 +33,7 @@ from pathlib import Path
 MODEL = "smollm2-135m-instruct"
 
 
-def trl_seconds_per_step(rows, steps: int, out: Path) -> float:
+def trl_seconds_per_step(rows, steps: int, warmup: int, out: Path) -> float:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -51,16 +54,16 @@ def trl_seconds_per_step(rows, steps: int, out: Path) -> float:
             times.append(time.perf_counter() - self.start)
 
     config = GRPOConfig(output_dir=str(out), per_device_train_batch_size=16, num_generations=4,
-                        max_completion_length=32, beta=0.04, learning_rate=1e-6, max_steps=steps + 1,
+                        max_completion_length=32, beta=0.04, learning_rate=1e-6, max_steps=steps + warmup,
                         logging_steps=1, report_to=[], use_cpu=True, bf16=False, save_strategy="no",
                         temperature=1.0, loss_type="grpo", scale_rewards="group", disable_tqdm=True)
     trainer = GRPOTrainer(model=model, reward_funcs=[math_accuracy], args=config, train_dataset=data,
                           processing_class=tokenizer, callbacks=[Clock()])
     trainer.train()
-    return statistics.mean(times[1:])
+    return statistics.mean(times[warmup:])
 
 
-def ours_seconds_per_step(steps: int, out: Path, hybrid: bool, bf16: bool) -> dict[str, float]:
+def ours_seconds_per_step(steps: int, warmup: int, out: Path, hybrid: bool, bf16: bool) -> dict[str, float]:
     from grpo.config import GRPORecipe
     from grpo.driver import run
     from train.recipe import recipe_from_dict
@@ -72,20 +75,37 @@ def ours_seconds_per_step(steps: int, out: Path, hybrid: bool, bf16: bool) -> di
         "algorithm": {"group_size": 4, "prompts_per_step": 4, "loss": {"beta": 0.04}},
         "rollout": {"sampling": {"max_new_tokens": 32}, "dtype": "bfloat16" if bf16 else "float32"},
         "ray": {"enabled": True, "num_cpus": 2, "placement": "hybrid" if hybrid else "colocated"},
-        "train": {"output_dir": str(out), "steps": steps + 1, "micro_batch_size": 16,
+        "train": {"output_dir": str(out), "steps": steps + warmup, "micro_batch_size": 16,
                   "mixed_precision": "bf16" if bf16 else "no"},
         "optim": {"lr": 1e-6},
         "log": {"progress": False, "tensorboard": False},
     })
     run(recipe)
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][warmup:]
     keys = ["time/step_s", "time/rollout_s", "time/reward_s", "time/learner_s", "time/weight_sync_s"]
     return {k: statistics.mean(x[k] for x in lines) for k in keys}
 
 
+CONFIGS = (("fp32, separate workers", False, False), ("hybrid, fp32", True, False), ("hybrid, bf16", True, True))
+
+
+def _configs(only: str) -> list[tuple[str, bool, bool]]:
+    """(label, hybrid, bf16) of each configuration to run: all, or those `--only` names."""
+    if not only:
+        return list(CONFIGS)
+    names = [n.strip() for n in only.split(";")]
+    unknown = [n for n in names if n not in {c[0] for c in CONFIGS}]
+    if unknown:
+        valid = "; ".join(repr(c[0]) for c in CONFIGS)
+        raise SystemExit(f"--only: unknown configuration {unknown[0]!r}; valid: {valid}")
+    return [c for c in CONFIGS if c[0] in names]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="steps run first and not counted")
+    parser.add_argument("--only", default="", help='configurations of ours to run, ";"-separated, e.g. "hybrid, fp32"')
     parser.add_argument("--peer-keeps-freed-memory", action="store_true",
                         help="run TRL with the malloc setting our workers use (train/host_memory.py)")
     args = parser.parse_args()
@@ -97,13 +117,14 @@ def main() -> None:
     rows, _ = load_prompts("builtin:arithmetic", 64, 4, 0, 2)
     ours = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, hybrid, bf16 in (("fp32, separate workers", False, False), ("hybrid, fp32", True, False),
-                                    ("hybrid, bf16", True, True)):
-            ours[label] = ours_seconds_per_step(args.steps, Path(tmp) / label.replace(" ", "_"), hybrid, bf16)
+        for label, hybrid, bf16 in _configs(args.only):
+            folder = Path(tmp) / label.replace(", ", "_").replace(" ", "_")
+            ours[label] = ours_seconds_per_step(args.steps, args.warmup, folder, hybrid, bf16)
             ray.shutdown()
         keep_freed_memory(args.peer_keeps_freed_memory)  # this process runs TRL; ours ran in Ray's workers
-        theirs = trl_seconds_per_step(rows, args.steps, Path(tmp) / "trl")
-    print(f"\nSmolLM2-135M-Instruct, G=4, 4 prompts/step, 32 new tokens, beta 0.04, {args.steps} timed steps")
+        theirs = trl_seconds_per_step(rows, args.steps, args.warmup, Path(tmp) / "trl")
+    print(f"\nSmolLM2-135M-Instruct, G=4, 4 prompts/step, 32 new tokens, beta 0.04, {args.steps} timed steps "
+          f"after {args.warmup} warm-up")
     malloc = "freed memory kept, as ours" if args.peer_keeps_freed_memory else "glibc's default malloc"
     print(f"TRL GRPOTrainer (fp32, {malloc}): {theirs:.2f} s/step")
     for label, t in ours.items():

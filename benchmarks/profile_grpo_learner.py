@@ -2,17 +2,20 @@
 benchmarks/grpo_vs_trl.py (SmolLM2-135M-Instruct, 4 prompts x G = 4, 32 new tokens, beta 0.04,
 fp32, one micro-batch of 16).
 
-    python benchmarks/profile_grpo_learner.py [--policy smollm2-135m-instruct] [--tokens 32] [--steps 3] [--rows 20]
+    python benchmarks/profile_grpo_learner.py [--policy smollm2-135m-instruct] [--tokens 32] [--steps 3] [--warmup 2]
+                                              [--rows 20]
     python benchmarks/profile_grpo_learner.py --per-step 6
 
 `--per-step N` runs N unprofiled steps from the first and prints each one's seconds, minor page faults
 and system / user time (getrusage): how many steps the heap takes to grow, and the steady step after.
 
-The completions are sampled once by our engine from the built-in arithmetic prompts; then one
-warm-up step and `--steps` profiled steps of `Learner.train_step`. Prints the seconds per step,
-the learner's MFU (policy/flops.py), the share of self CPU time by kind of op (matmul, the
-vocabulary-wide log-softmax / entropy work, elementwise, optimiser, other) and the `--rows`
-costliest ops.
+The completions are sampled once by our engine from the built-in arithmetic prompts; then
+`--warmup` steps (two: the heap's growth, see `--per-step`) and `--steps` profiled steps of
+`Learner.train_step`. Prints the seconds per step, the learner's MFU (policy/flops.py), the share of
+self CPU time by kind of op (matmul, the vocabulary-wide log-softmax / entropy work, elementwise,
+optimiser, other) and the `--rows` costliest ops. The profiler's own allocations disturb the heap:
+a profiled step faults again (200-260k faults, 2.5 s of kernel time seen), which shows up as slow
+fills and adds of the (49152, 576) embedding gradient; `--per-step` gives the undisturbed time.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first")
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per completion")
     parser.add_argument("--per-step", type=int, default=0, metavar="N",
@@ -89,7 +93,8 @@ def main() -> None:
     learner, batch = build(args.policy, args.tokens)
     if args.per_step:
         return per_step(learner, batch, args.per_step)
-    learner.train_step(batch)  # warm-up
+    for _ in range(args.warmup):
+        learner.train_step(batch)
     seconds, metrics = [], {}
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
