@@ -34,16 +34,9 @@ def build(policy: str):
     return worker
 
 
-@torch.no_grad()
 def half_split_probe(engine, tokens: list[int]) -> list[float]:
     """The probe as it was before: the first half of the tokens as one prefill, the rest one by one."""
-    half = len(tokens) // 2
-    cache = engine.decoder.allocate(1, len(tokens))
-    logits = [engine.decoder.forward(torch.tensor([tokens[:half]]), cache)[0]]
-    for t in tokens[half:-1]:
-        logits.append(engine.decoder.forward(torch.tensor([[t]]), cache)[0])
-    logp = torch.cat(logits).float().log_softmax(-1)
-    return logp.gather(1, torch.tensor(tokens[1:]).unsqueeze(1)).squeeze(1).tolist()
+    return engine.probe(tokens, decode_steps=len(tokens) - 1 - len(tokens) // 2)
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -92,13 +92,13 @@ class LocalEngine:
         self.version = version
 
     @torch.no_grad()
-    def probe(self, tokens: list[int]) -> list[float]:
+    def probe(self, tokens: list[int], decode_steps: int = PROBE_DECODE_STEPS) -> list[float]:
         """log p(tokens[i] | tokens[:i]) for i >= 1 through the engine's own decoder: all but the last
-        PROBE_DECODE_STEPS tokens as one prefill, then single-token steps over that cache (the decode
+        `decode_steps` tokens as one prefill, then single-token steps over that cache (the decode
         path: absorbed MLA, the fused weights a load rebuilt). Each step at batch 1 reads every weight
         once (SmolLM2 fp32: ~23 ms), so a short decode tail keeps the check and drops most of its cost."""
         device = self.model.get_input_embeddings().weight.device
-        prefill = max(len(tokens) - 1 - PROBE_DECODE_STEPS, 1)
+        prefill = max(len(tokens) - 1 - decode_steps, 1)
         cache = self.decoder.allocate(1, len(tokens))
         logits = [self.decoder.forward(torch.tensor([tokens[:prefill]], device=device), cache)[0]]
         for t in tokens[prefill:-1]:

@@ -256,21 +256,27 @@ def test_fallback_decoder_for_other_architectures():
     assert torch.allclose(logp[batch.completion_mask], batch.rollout_logp[batch.completion_mask], atol=1e-4)
 
 
-def test_a_weight_sync_proves_it_landed_and_a_skipped_one_is_caught():
-    import copy
-
-    from grpo.workers import WorkerError, verify_sync
+def _moved_and_published(learner):
+    """Move every learner weight a little; return (its state, what the learner publishes of it)."""
     from policy.logprobs import probe_tokens, sequence_logprobs
 
-    learner, tokenizer = load_policy("tiny")
-    engine = LocalEngine(copy.deepcopy(learner), tokenizer)
     with torch.no_grad():
         for p in learner.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     tokens = probe_tokens(learner.config.vocab_size)
     state = {k: v.clone() for k, v in learner.state_dict().items()}
-    published = {"state": state, "checksum": weights_checksum(state), "probe": {
+    return state, {"state": state, "checksum": weights_checksum(state), "probe": {
         "tokens": tokens, "logprobs": sequence_logprobs(learner, tokens)}}
+
+
+def test_a_weight_sync_proves_it_landed_and_a_skipped_one_is_caught():
+    import copy
+
+    from grpo.workers import WorkerError, verify_sync
+
+    learner, tokenizer = load_policy("tiny")
+    engine = LocalEngine(copy.deepcopy(learner), tokenizer)
+    state, published = _moved_and_published(learner)
     with pytest.raises(WorkerError, match=r"weights version 3 did not land: the engine's log-probs of the probe "
                                           r"differ from the learner's by [\d.]+"):
         verify_sync(engine, published, 3, 2e-3, "rollout worker 0")  # the sync was skipped
@@ -305,11 +311,10 @@ def test_a_bf16_engine_copy_is_proven_bit_for_bit_too():
 def test_the_probe_catches_a_load_that_left_the_decoder_stale(policy):
     """New parameters under a decoder whose fused/absorbed weights were not rebuilt: the module's
     checksum passes, so the probe must tell. On MLA only its short decode tail runs the absorbed
-    weights (with PROBE_DECODE_STEPS = 0 the tiny case passes unnoticed)."""
+    weights (with PROBE_DECODE_STEPS = 0 (or `decode_steps=0`) the tiny case passes unnoticed)."""
     import copy
 
     from grpo.workers import WorkerError, verify_sync
-    from policy.logprobs import probe_tokens, sequence_logprobs
     from policy.tokenizer import byte_chat_tokenizer
 
     if policy == "tiny":
@@ -318,13 +323,7 @@ def test_the_probe_catches_a_load_that_left_the_decoder_stale(policy):
         tokenizer, learner = byte_chat_tokenizer(), _small_llama(256, 512)
         learner.resize_token_embeddings(len(tokenizer))
     engine = LocalEngine(copy.deepcopy(learner), tokenizer)
-    with torch.no_grad():
-        for p in learner.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    tokens = probe_tokens(learner.config.vocab_size)
-    state = {k: v.clone() for k, v in learner.state_dict().items()}
-    published = {"state": state, "checksum": weights_checksum(state), "probe": {
-        "tokens": tokens, "logprobs": sequence_logprobs(learner, tokens)}}
+    state, published = _moved_and_published(learner)
     engine.model.load_state_dict(state)  # what load_weights does, less the decoder's refresh
     with pytest.raises(WorkerError, match="did not land"):
         verify_sync(engine, published, 2, 2e-3, "rollout worker 0")
