@@ -311,7 +311,7 @@ def test_a_bf16_engine_copy_is_proven_bit_for_bit_too():
 def test_the_probe_catches_a_load_that_left_the_decoder_stale(policy):
     """New parameters under a decoder whose fused/absorbed weights were not rebuilt: the module's
     checksum passes, so the probe must tell. On MLA only its short decode tail runs the absorbed
-    weights (with PROBE_DECODE_STEPS = 0 (or `decode_steps=0`) the tiny case passes unnoticed)."""
+    weights (with `decode_steps=0` the tiny case passes unnoticed)."""
     import copy
 
     from grpo.workers import WorkerError, verify_sync
