@@ -14,7 +14,7 @@ from policy.packed_linear import MIN_PACKED_ELEMENTS, PackedLinear
 from rollout.engine import Rollout, SamplingConfig, weights_checksum
 from rollout.kv_decode import LlamaDecoder
 from rollout.local import MIN_SHARED_PREFIX, LocalEngine, _common_prefix, left_pad
-from rollout.sampling import sample_with_logprob
+from rollout.sampling import BLOCK, inverse_cdf, sample_with_logprob
 
 
 def _small_llama(hidden: int = 64, intermediate: int = 96):
@@ -202,6 +202,26 @@ def test_sampler_draws_follow_the_distribution_and_report_their_logprob():
     assert token.tolist() == [0, 0, 0] and torch.allclose(logp, expected[0].log().expand(3))
     token, logp = sample_with_logprob(logits[:2], 0.0, 0, 1.0, generator)
     assert token.tolist() == [0, 0] and torch.allclose(logp, logits[0].log_softmax(-1)[0].expand(2))
+
+
+def test_two_level_inverse_cdf_draws_the_token_a_full_cumsum_draws():
+    """The blocked draw lands on the token a float64 cumulative sum over the whole vocabulary gives for
+    the same uniform: a vocabulary that is no multiple of the block, peaked rows, zero weights, and
+    uniforms that fall on the first and last token."""
+    torch.manual_seed(0)
+    vocab = 3 * BLOCK + 17
+    logits = torch.randn(512, vocab) * 4
+    logits[:8, :5] = 30.0  # nearly all mass in the first tokens
+    logits[8:16, -3:] = 30.0  # ... and in the last ones, inside the padded block
+    weights = (logits - logits.amax(-1, keepdim=True)).exp()
+    weights[16:32, BLOCK:2 * BLOCK] = 0.0  # a whole block that cannot be drawn
+    token, total = inverse_cdf(weights, torch.Generator().manual_seed(1))
+    u = torch.rand(512, 1, generator=torch.Generator().manual_seed(1)).double() * total.double().unsqueeze(1)
+    reference = torch.searchsorted(weights.double().cumsum(-1), u, right=True).squeeze(1)
+    assert torch.allclose(total.double(), weights.double().sum(-1), rtol=1e-5)
+    assert torch.equal(token, reference)
+    assert weights.gather(1, token.unsqueeze(1)).min() > 0  # never a zero-weight token
+    assert token[:8].max() < 5 and token[8:16].min() >= vocab - 3
 
 
 def test_shared_prompt_balance_losses_cover_the_completion_tokens():
