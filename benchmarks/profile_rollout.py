@@ -24,6 +24,7 @@ from rollout.local import LocalEngine
 KINDS = {  # op name fragments -> kind, first match wins
     "matmul": ("_linear_pointwise", "aten::mm", "aten::addmm", "aten::linear"),
     "attention": ("aten::bmm", "aten::baddbmm", "softmax"),
+    # an upper bound on the sampler: aten::sum and aten::sub also count the norms' and rotary work
     "sampler": ("aten::cumsum", "aten::exp", "aten::amax", "aten::searchsorted", "aten::sum", "aten::sub"),
 }
 
