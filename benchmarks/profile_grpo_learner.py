@@ -25,6 +25,7 @@ import resource
 import time
 
 import torch
+from profile_kinds import seconds_by_kind, shares_line  # this folder's helpers
 from torch.profiler import ProfilerActivity, profile
 
 KINDS = {  # op name fragments -> kind, first match wins
@@ -35,13 +36,6 @@ KINDS = {  # op name fragments -> kind, first match wins
                     "aten::rsqrt", "aten::mean", "aten::sum", "aten::neg", "aten::where", "aten::clamp",
                     "aten::copy_", "aten::cat", "aten::softmax", "aten::_softmax", "aten::fill_", "aten::zero_"),
 }
-
-
-def kind(name: str) -> str:
-    for k, fragments in KINDS.items():
-        if any(f in name for f in fragments):
-            return k
-    return "other"
 
 
 def build(policy: str, tokens: int):
@@ -102,15 +96,11 @@ def main() -> None:
             metrics = learner.train_step(batch)
             seconds.append(time.perf_counter() - start)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events)
-    shares: dict[str, float] = {}
-    for e in events:
-        shares[kind(e.key)] = shares.get(kind(e.key), 0.0) + e.self_cpu_time_total / total
     print(f"{args.policy}: {len(batch.input_ids)} rows x {batch.completion_width} completion positions, "
           f"{torch.get_num_threads()} threads")
     print(f"learner step: {sum(seconds) / len(seconds):.2f} s (each: {', '.join(f'{s:.2f}' for s in seconds)}), "
           f"{metrics['perf/learner_tflops'] * 1e3:.1f} GFLOP/s of model FLOPs, MFU {metrics['perf/learner_mfu']:.1%}")
-    print("self CPU time by kind: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(shares.items(), key=lambda x: -x[1])))
+    print(shares_line(seconds_by_kind(events, KINDS)))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
 
 

@@ -14,6 +14,7 @@ import argparse
 import time
 
 import torch
+from profile_kinds import seconds_by_kind, shares_line  # this folder's helpers
 from rollout_throughput import prompt_rows  # this folder's script: the same prompts
 from torch.profiler import ProfilerActivity, profile
 
@@ -27,10 +28,6 @@ KINDS = {  # op name fragments -> kind, first match wins
     # an upper bound on the sampler: aten::sum and aten::sub also count the norms' and rotary work
     "sampler": ("aten::cumsum", "aten::exp", "aten::amax", "aten::searchsorted", "aten::sum", "aten::sub"),
 }
-
-
-def kind(name: str) -> str:
-    return next((k for k, frags in KINDS.items() if any(f in name for f in frags)), "other")
 
 
 def main() -> None:
@@ -52,14 +49,9 @@ def main() -> None:
         engine.generate(rows, 1, sampling)
         seconds = time.perf_counter() - start
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events)
     print(f"{args.policy} batch {args.batch} x {args.new_tokens} new tokens, {torch.get_num_threads()} threads: "
           f"{speed:.1f} tok/s unprofiled; profiled call {seconds:.2f} s")
-    shares: dict[str, float] = {}
-    for e in events:
-        shares[kind(e.key)] = shares.get(kind(e.key), 0.0) + e.self_cpu_time_total
-    print("self CPU time by kind: " + ", ".join(
-        f"{k} {v / 1e6:.2f} s ({100 * v / total:.0f}%)" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])))
+    print(shares_line(seconds_by_kind(events, KINDS)))
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.rows]:
         print(f"  {e.key:40s} {e.self_cpu_time_total / 1e6:6.2f} s  {e.count:5d} calls  "
               f"{e.self_cpu_time_total / e.count / 1e3:7.2f} ms each")
